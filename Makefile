@@ -1,0 +1,50 @@
+# GPU telemetry pipeline. `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+CARGO ?= cargo
+BINARIES := streamer collector gateway
+
+.PHONY: help deps build build-streamer build-collector build-gateway test test-unit lint fmt bench bench-cluster demo clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+deps: ## Install protoc (and etcd if no vendored one) with apt-get when missing
+	@bash .ci/deps.sh
+
+build: deps ## Build release binaries into bin/
+	$(CARGO) build --release $(addprefix -p ,$(BINARIES))
+	@mkdir -p bin && cp $(addprefix target/release/,$(BINARIES)) bin/
+	@echo "built: $(addprefix bin/,$(BINARIES))"
+
+build-%: deps ## Build one binary into bin/ (build-streamer, build-collector, build-gateway)
+	$(CARGO) build --release -p $*
+	@mkdir -p bin && cp target/release/$* bin/
+
+test: deps ## Run every test: unit, integration and end-to-end, on real etcd
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace --no-fail-fast
+
+test-unit: deps ## Run the unit tests only (no etcd needed)
+	$(CARGO) test --workspace --lib --bins
+
+lint: deps ## rustfmt check and clippy with warnings as errors
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+bench: deps ## Benchmark on a fresh single-node etcd; prints a table, writes bench-results/
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) run --release -q -p pipeline-tests --bin bench -- $(BENCH_ARGS)
+
+bench-cluster: deps ## The same benchmark on a 3-node local etcd cluster
+	$(MAKE) bench BENCH_ARGS="--cluster $(BENCH_ARGS)"
+
+demo: build ## Run etcd, a collector, the gateway and a looping streamer on generated data
+	@bash tests/demo.sh
+
+clean: ## Remove build output, demo data and benchmark results
+	$(CARGO) clean
+	rm -rf bin .demo bench-results

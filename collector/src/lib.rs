@@ -1,0 +1,156 @@
+//! The collector: claims queue partitions under a lease, and stores every queued record
+//! exactly once with fenced etcd Txns. See docs/protocol.md for the protocol and its
+//! invariants.
+
+pub mod assignment;
+pub mod config;
+pub mod dlq;
+pub mod metrics;
+pub mod partition;
+pub mod registry;
+pub mod watcher;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::Client;
+use telemetry::buckets::BucketLeases;
+use telemetry::etcd::EtcdError;
+use telemetry::keys::Keys;
+use telemetry::lease::KeptLease;
+use telemetry::store::Committer;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use crate::config::Config;
+pub use crate::metrics::Stats;
+
+/// What every task of one collector shares.
+pub struct Shared {
+    pub cfg: Config,
+    pub client: Client,
+    pub keys: Keys,
+    pub committer: Committer,
+    pub registry: registry::Registry,
+    pub stats: Arc<Stats>,
+    pub permits: Semaphore,
+    /// One wake-up per partition, rung by the queue watch.
+    pub wakeups: Vec<Arc<Notify>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error("cannot serve the admin endpoints on {addr}: {source}")]
+    Admin {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+}
+
+/// Runs a collector until `shutdown` fires; `stats` receives its counters.
+pub async fn run(
+    cfg: Config,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) -> Result<(), CollectorError> {
+    telemetry::admin::metrics_handle();
+    let tracker = TaskTracker::new();
+    let Some(client) = telemetry::etcd::connect_with_retry(&cfg.etcd, &shutdown).await else {
+        return Ok(());
+    };
+    if !cfg.admin_listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&cfg.admin_listen)
+            .await
+            .map_err(|source| CollectorError::Admin {
+                addr: cfg.admin_listen.clone(),
+                source,
+            })?;
+        let c = client.clone();
+        let ready: telemetry::admin::ReadyCheck = Arc::new(move || {
+            let c = c.clone();
+            Box::pin(async move { telemetry::etcd::is_ready(&c).await })
+        });
+        tracker.spawn(telemetry::admin::serve(listener, ready, shutdown.clone()));
+    }
+
+    let keys = Keys::new(&cfg.etcd.prefix);
+    let dedupe = Arc::new(BucketLeases::new(
+        client.clone(),
+        keys.clone(),
+        "dedupe",
+        cfg.dedupe_window,
+    ));
+    let retention = Arc::new(BucketLeases::new(
+        client.clone(),
+        keys.clone(),
+        "retention",
+        cfg.retention,
+    ));
+    let shared = Arc::new(Shared {
+        committer: Committer::new(client.clone(), keys.clone(), dedupe, retention.clone()),
+        registry: registry::Registry::new(client.clone(), keys.clone(), retention),
+        permits: Semaphore::new(usize::from(cfg.workers)),
+        wakeups: (0..cfg.queue.partitions)
+            .map(|_| Arc::new(Notify::new()))
+            .collect(),
+        stats,
+        keys,
+        client: client.clone(),
+        cfg,
+    });
+    tracker.spawn(watcher::run(shared.clone(), shutdown.clone()));
+    tracker.spawn(sample_queue_depth(shared.clone(), shutdown.clone()));
+
+    // One lease at a time; a lost lease stops every worker, then we start over with a new one.
+    let mut backoff =
+        telemetry::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    while !shutdown.is_cancelled() {
+        let lease_stop = CancellationToken::new();
+        let lease = match KeptLease::grant(
+            &client,
+            shared.cfg.processing_timeout,
+            lease_stop.clone(),
+        )
+        .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                shared.stats.database_error();
+                tracing::warn!(error = %e, "cannot get a lease; retrying");
+                telemetry::shutdown::or_cancel(&shutdown, tokio::time::sleep(backoff.next_delay()))
+                    .await;
+                continue;
+            }
+        };
+        backoff.reset();
+        let result = assignment::run(shared.clone(), lease.clone(), shutdown.clone()).await;
+        lease_stop.cancel();
+        if shutdown.is_cancelled() {
+            let _ = client.clone().lease_revoke(lease.id).await;
+        } else if let Err(e) = result {
+            shared.stats.database_error();
+            tracing::warn!(error = %e, "collector round ended with an error; starting over");
+            telemetry::shutdown::or_cancel(&shutdown, tokio::time::sleep(backoff.next_delay()))
+                .await;
+        } else {
+            tracing::warn!("lease lost; every partition was dropped; re-registering");
+        }
+    }
+    telemetry::shutdown::drain(&tracker, shared.cfg.runtime.shutdown_grace).await;
+    Ok(())
+}
+
+async fn sample_queue_depth(shared: Arc<Shared>, stop: CancellationToken) {
+    while telemetry::shutdown::or_cancel(&stop, tokio::time::sleep(Duration::from_secs(1)))
+        .await
+        .is_some()
+    {
+        if let Ok(d) = telemetry::queue::queue_depth(&shared.client, &shared.keys).await {
+            ::metrics::gauge!("queue_depth").set(d as f64);
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Work on one owned partition: read queued messages oldest first, commit each under the
+//! fence, and wait for the watch (or the rescan timer) when the partition is empty.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{GetOptions, KeyValue};
+use futures::StreamExt;
+use prost::Message as _;
+use telemetry::backoff::Backoff;
+use telemetry::claim::Fence;
+use telemetry::etcd::{Context, EtcdError};
+use telemetry::proto::QueueMessage;
+use telemetry::record::now_millis;
+use telemetry::store::{Claimed, Outcome};
+use telemetry::validate::admit;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::{dlq, Shared};
+
+/// Why a partition worker stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Asked to stop (shutdown, rebalance, lease lost).
+    Stopped,
+    /// A commit was refused: someone else owns the partition now.
+    Fenced,
+}
+
+enum Step {
+    Next,
+    Fenced,
+    Stop,
+}
+
+pub async fn run(shared: Arc<Shared>, fence: Fence, stop: CancellationToken) -> Exit {
+    let prefix = shared.keys.queue_partition(fence.partition);
+    let wake = shared.wakeups[fence.partition as usize].clone();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        if stop.is_cancelled() {
+            return Exit::Stopped;
+        }
+        // Register interest before reading, so a put between the read and the wait is not missed.
+        let notified = wake.notified();
+        let opts = GetOptions::new()
+            .with_prefix()
+            .with_limit(i64::from(shared.cfg.batch_size));
+        let kvs = match shared
+            .client
+            .clone()
+            .get(prefix.as_str(), Some(opts))
+            .await
+            .ctx("read partition")
+        {
+            Ok(mut r) => r.take_kvs(),
+            Err(e) => {
+                shared.stats.database_error();
+                tracing::warn!(partition = fence.partition, error = %e, "cannot read partition; retrying");
+                sleep_or_stop(&stop, backoff.next_delay()).await;
+                continue;
+            }
+        };
+        backoff.reset();
+        if kvs.is_empty() {
+            tokio::select! {
+                _ = stop.cancelled() => return Exit::Stopped,
+                _ = notified => {}
+                _ = tokio::time::sleep(shared.cfg.rescan_interval) => {}
+            }
+            continue;
+        }
+        let steps: Vec<Step> = futures::stream::iter(kvs)
+            .map(|kv| handle(&shared, fence, kv, &stop))
+            .buffer_unordered(usize::from(shared.cfg.workers))
+            .collect()
+            .await;
+        if steps.iter().any(|s| matches!(s, Step::Fenced)) {
+            return Exit::Fenced;
+        }
+        if steps.iter().any(|s| matches!(s, Step::Stop)) {
+            return Exit::Stopped;
+        }
+    }
+}
+
+async fn sleep_or_stop(stop: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}
+
+/// Processes one message to an end: committed, already done, dead-lettered, fenced, or stopped.
+async fn handle(shared: &Shared, fence: Fence, kv: KeyValue, stop: &CancellationToken) -> Step {
+    let _permit = shared.permits.acquire().await;
+    let key = kv.key_str().unwrap_or_default().to_string();
+    let message_id = key.rsplit('/').next().unwrap_or_default().to_string();
+    let message = match QueueMessage::decode(kv.value()) {
+        Ok(m) => m,
+        Err(e) => {
+            let claimed = Claimed {
+                key,
+                mod_revision: kv.mod_revision(),
+                message_id,
+                schema_version: String::new(),
+            };
+            return bury(
+                shared,
+                fence,
+                &claimed,
+                kv.value(),
+                &format!("undecodable message: {e}"),
+                1,
+                0,
+            )
+            .await;
+        }
+    };
+    let claimed = Claimed {
+        key,
+        mod_revision: kv.mod_revision(),
+        message_id,
+        schema_version: message.schema_version.clone(),
+    };
+    shared.stats.consumed(message.records.len());
+
+    let mut valid = Vec::with_capacity(message.records.len());
+    let mut invalid = Vec::new();
+    for mut r in message.records.iter().cloned() {
+        match admit(&message.schema_version, &mut r) {
+            Ok(()) => valid.push(r),
+            Err(reason) => invalid.push((r, reason)),
+        }
+    }
+    if valid.len() * 2 + invalid.len() + 2 > shared.cfg.queue.max_txn_ops as usize {
+        let reason = format!(
+            "{} records do not fit one commit of at most {} operations",
+            message.records.len(),
+            shared.cfg.queue.max_txn_ops
+        );
+        return bury(
+            shared,
+            fence,
+            &claimed,
+            kv.value(),
+            &reason,
+            1,
+            message.records.len(),
+        )
+        .await;
+    }
+
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    loop {
+        if stop.is_cancelled() {
+            return Step::Stop;
+        }
+        let started = Instant::now();
+        let result = match shared.registry.refresh(&valid).await {
+            Ok(()) => {
+                shared
+                    .committer
+                    .commit(fence, &claimed, valid.clone(), invalid.clone())
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(Outcome::Committed {
+                stored,
+                duplicates,
+                invalid,
+            }) => {
+                let latency = started.elapsed().as_secs_f64() * 1e3;
+                let lag = (now_millis() - message.created_unix_ms).max(0) as f64;
+                shared
+                    .stats
+                    .committed(stored, duplicates, invalid, latency, lag);
+                return Step::Next;
+            }
+            Ok(Outcome::AlreadyDone) => return Step::Next,
+            Ok(Outcome::Fenced) => {
+                shared.stats.fenced();
+                tracing::warn!(partition = fence.partition, message = %claimed.message_id, "commit refused: the claim is no longer ours");
+                return Step::Fenced;
+            }
+            Err(e) => {
+                shared.stats.database_error();
+                if let Some(step) = failed_attempt(
+                    shared,
+                    fence,
+                    &claimed,
+                    kv.value(),
+                    &e,
+                    message.records.len(),
+                )
+                .await
+                {
+                    return step;
+                }
+                let wait = backoff.next_delay();
+                tracing::warn!(message = %claimed.message_id, error = %e, retry_in = ?wait, "commit failed");
+                sleep_or_stop(stop, wait).await;
+            }
+        }
+    }
+}
+
+/// Counts a failed commit against the message when etcd refused the request itself; a
+/// transient failure (etcd down, no leader) is not the message's fault and is only retried.
+async fn failed_attempt(
+    shared: &Shared,
+    fence: Fence,
+    msg: &Claimed,
+    payload: &[u8],
+    e: &EtcdError,
+    records: usize,
+) -> Option<Step> {
+    if e.is_transient() {
+        return None;
+    }
+    let attempts = match dlq::record_attempt(&shared.client, &shared.keys, fence, msg).await {
+        Ok(n) => n,
+        Err(_) => return None,
+    };
+    if attempts >= shared.cfg.max_retries {
+        return Some(
+            bury(
+                shared,
+                fence,
+                msg,
+                payload,
+                &e.to_string(),
+                attempts,
+                records,
+            )
+            .await,
+        );
+    }
+    None
+}
+
+async fn bury(
+    shared: &Shared,
+    fence: Fence,
+    msg: &Claimed,
+    payload: &[u8],
+    reason: &str,
+    attempts: u32,
+    records: usize,
+) -> Step {
+    let letter = dlq::letter(fence, msg, payload, reason, attempts, records);
+    match dlq::bury(&shared.client, &shared.keys, fence, msg, &letter).await {
+        Ok(true) => {
+            shared.stats.dead_lettered();
+            tracing::error!(message = %msg.message_id, reason, attempts, "message moved to the dead-letter queue");
+            Step::Next
+        }
+        Ok(false) => Step::Fenced,
+        Err(e) => {
+            shared.stats.database_error();
+            tracing::warn!(message = %msg.message_id, error = %e, "cannot dead-letter the message; it stays queued");
+            Step::Next
+        }
+    }
+}

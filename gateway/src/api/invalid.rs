@@ -1,0 +1,34 @@
+//! `/api/v1/invalid`: records the collectors refused, with their reasons.
+
+use axum::extract::{Query, State};
+use axum::Json;
+use etcd_client::GetOptions;
+use telemetry::etcd::Context;
+use telemetry::registry::InvalidEntry;
+
+use super::{ok, param, Page, Params};
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// List invalid records (newest ids last).
+#[utoipa::path(get, path = "/api/v1/invalid", params(("limit" = Option<u32>, Query, description = "at most this many (default 100, max 10000)")),
+    responses((status = 200, description = "invalid records", body = [InvalidEntry])))]
+pub async fn list_invalid(
+    State(s): State<AppState>,
+    Query(p): Query<Params>,
+) -> Result<Json<Page<InvalidEntry>>, AppError> {
+    let limit = super::telemetry::parse_limit(param(&p, "limit"))?;
+    let opts = GetOptions::new().with_prefix().with_limit(limit as i64);
+    let resp = s
+        .client
+        .clone()
+        .get(s.keys.invalid_root(), Some(opts))
+        .await
+        .ctx("list invalid records")?;
+    let entries: Vec<InvalidEntry> = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+        .collect();
+    Ok(ok(entries, None))
+}

@@ -1,0 +1,222 @@
+//! `GET /api/v1/gpus/{id}/telemetry`: one GPU's readings in a time range, oldest first.
+//!
+//! Keys are `{gpu prefix}{timestamp}_{id}` with fixed-width timestamps, so a time range is one
+//! key-range scan per GPU, never a read-everything-and-filter. A GPU index names that index on
+//! every host; the hosts' ranges are merged in (time, id, host) order, which is also the
+//! order the cursor records.
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use telemetry::keys::key_time_of;
+use telemetry::registry::{GpuInfo, TelemetryEntry};
+use telemetry::store::scan;
+
+use super::{ok, param, Page, Params};
+use crate::cursor::Cursor;
+use crate::error::AppError;
+use crate::state::AppState;
+
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 10_000;
+/// Sorts after every character a key suffix can hold.
+const SUFFIX_MAX: &str = "~";
+
+pub fn parse_limit(raw: Option<&str>) -> Result<usize, AppError> {
+    let Some(raw) = raw else {
+        return Ok(DEFAULT_LIMIT);
+    };
+    let n: i64 = raw.parse().map_err(|_| {
+        AppError::bad(
+            "INVALID_LIMIT",
+            format!("limit {raw:?} is not a whole number"),
+        )
+    })?;
+    if n < 1 || n as usize > MAX_LIMIT {
+        return Err(AppError::bad(
+            "INVALID_LIMIT",
+            format!("limit must be between 1 and {MAX_LIMIT}, got {n}"),
+        ));
+    }
+    Ok(n as usize)
+}
+
+fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, AppError> {
+    raw.map(|s| {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| {
+                AppError::bad(
+                    "INVALID_TIME",
+                    format!("{name} {s:?} is not an RFC 3339 time: {e}"),
+                )
+            })
+    })
+    .transpose()
+}
+
+/// One GPU's telemetry (by UUID or index), oldest first, with cursor pagination.
+#[utoipa::path(get, path = "/api/v1/gpus/{id}/telemetry",
+    params(
+        ("id" = String, Path, description = "GPU UUID, or GPU index such as 0"),
+        ("hostname" = Option<String>, Query, description = "narrow an index to one host"),
+        ("start_time" = Option<String>, Query, description = "RFC 3339, inclusive"),
+        ("end_time" = Option<String>, Query, description = "RFC 3339, exclusive"),
+        ("metric" = Option<String>, Query, description = "only this metric"),
+        ("limit" = Option<u32>, Query, description = "default 100, at most 10000"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses((status = 200, description = "telemetry entries", body = [TelemetryEntry]), (status = 400, description = "bad parameter"), (status = 404, description = "unknown GPU")))]
+pub async fn gpu_telemetry(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(p): Query<Params>,
+) -> Result<Json<Page<TelemetryEntry>>, AppError> {
+    let limit = parse_limit(param(&p, "limit"))?;
+    let start = parse_time("start_time", param(&p, "start_time"))?;
+    let end = parse_time("end_time", param(&p, "end_time"))?;
+    if let (Some(a), Some(b)) = (start, end) {
+        if a >= b {
+            return Err(AppError::bad(
+                "INVALID_RANGE",
+                "start_time must be before end_time",
+            ));
+        }
+    }
+    let cursor = param(&p, "cursor")
+        .map(Cursor::decode)
+        .transpose()
+        .map_err(|e| AppError::bad("INVALID_CURSOR", e))?;
+    let metric = param(&p, "metric");
+    let targets = s.registry.resolve(&id, param(&p, "hostname"));
+    if targets.is_empty() {
+        return Err(AppError::NotFound(format!("no GPU {id:?} has telemetry")));
+    }
+    let lo = start.map(key_time_of).unwrap_or_default();
+    let hi = end
+        .map(key_time_of)
+        .unwrap_or_else(|| SUFFIX_MAX.to_string());
+
+    let mut revision = cursor.as_ref().map_or(0, |c| c.r);
+    let mut merged: Vec<(String, String, TelemetryEntry)> = Vec::new();
+    for gpu in &targets {
+        let from = match &cursor {
+            Some(c) if gpu.hostname > c.h => lo.clone().max(c.s.clone()),
+            Some(c) => lo.clone().max(format!("{}\0", c.s)),
+            None => lo.clone(),
+        };
+        let (entries, rev) = match read_gpu(&s, gpu, &from, &hi, metric, limit + 1, revision).await
+        {
+            Err(AppError::Etcd(e)) if revision > 0 && e.to_string().contains("compacted") => {
+                // The snapshot is gone; continue at the latest revision from the same position.
+                read_gpu(&s, gpu, &from, &hi, metric, limit + 1, 0).await?
+            }
+            other => other?,
+        };
+        revision = rev;
+        merged.extend(
+            entries
+                .into_iter()
+                .map(|(suffix, e)| (suffix, gpu.hostname.clone(), e)),
+        );
+    }
+    merged.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    let more = merged.len() > limit;
+    merged.truncate(limit);
+    let next = more
+        .then(|| {
+            merged.last().map(|(suffix, host, _)| {
+                Cursor {
+                    r: revision,
+                    s: suffix.clone(),
+                    h: host.clone(),
+                }
+                .encode()
+            })
+        })
+        .flatten();
+    Ok(ok(merged.into_iter().map(|(_, _, e)| e).collect(), next))
+}
+
+/// Up to `want` entries of one GPU with key suffix in `[from, to)`, filtered by metric.
+async fn read_gpu(
+    s: &AppState,
+    gpu: &GpuInfo,
+    from: &str,
+    to: &str,
+    metric: Option<&str>,
+    want: usize,
+    mut revision: i64,
+) -> Result<(Vec<(String, TelemetryEntry)>, i64), AppError> {
+    let prefix = s.keys.data_gpu(&gpu.hostname, &gpu.gpu_id);
+    let end = format!("{prefix}{to}");
+    let mut next = format!("{prefix}{from}");
+    let chunk = if metric.is_some() {
+        (want * 4).min(MAX_LIMIT)
+    } else {
+        want
+    } as i64;
+    let mut out = Vec::new();
+    loop {
+        let (rows, more, rev) = scan(&s.client, &next, &end, chunk, revision).await?;
+        // Pin every later read to the first one's revision: one snapshot for all pages.
+        if revision == 0 {
+            revision = rev;
+        }
+        let Some((last_key, _)) = rows.last() else {
+            break;
+        };
+        next = format!("{last_key}\0");
+        for (key, rec) in rows {
+            if metric.is_some_and(|m| m != rec.metric) {
+                continue;
+            }
+            let suffix = key[prefix.len()..].to_string();
+            out.push((suffix, TelemetryEntry::from(&rec)));
+            if out.len() >= want {
+                return Ok((out, revision));
+            }
+        }
+        if !more {
+            break;
+        }
+    }
+    Ok((out, revision))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_checked() {
+        assert_eq!(parse_limit(None).unwrap(), 100);
+        assert_eq!(parse_limit(Some("10000")).unwrap(), 10_000);
+        for bad in ["0", "10001", "-1", "ten", "1.5"] {
+            assert!(
+                matches!(
+                    parse_limit(Some(bad)),
+                    Err(AppError::BadRequest {
+                        code: "INVALID_LIMIT",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn times_are_checked() {
+        assert!(parse_time("start_time", Some("2025-07-18T20:42:34Z"))
+            .unwrap()
+            .is_some());
+        assert!(matches!(
+            parse_time("start_time", Some("yesterday")),
+            Err(AppError::BadRequest {
+                code: "INVALID_TIME",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,104 @@
+//! Command line and environment of the gateway (CONTRACT.md).
+
+use std::time::Duration;
+
+use clap::Parser;
+use telemetry::config::{parse_duration, EtcdArgs, RuntimeArgs};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "gateway",
+    version,
+    about = "REST API and WebSocket live stream over the stored GPU telemetry."
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+
+    /// Port to listen on (all interfaces).
+    #[arg(long, env = "GATEWAY_PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Serve the WebSocket live stream.
+    #[arg(long = "ws-enabled", env = "WS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ws_enabled: bool,
+
+    /// Most concurrent WebSocket clients; more are refused with 503.
+    #[arg(
+        long = "ws-max-connections",
+        env = "WS_MAX_CONNECTIONS",
+        default_value_t = 1000
+    )]
+    pub ws_max_connections: usize,
+
+    /// Frames buffered per WebSocket client before it starts losing frames.
+    #[arg(long = "ws-buffer", env = "WS_BUFFER", default_value_t = 4096)]
+    pub ws_buffer: usize,
+
+    /// Frames a client may lose before it is closed with a policy close code (1008).
+    #[arg(
+        long = "ws-max-dropped",
+        env = "WS_MAX_DROPPED",
+        default_value_t = 10_000
+    )]
+    pub ws_max_dropped: u64,
+
+    /// Ping interval; a client that does not answer two pings is closed.
+    #[arg(long = "ws-ping-interval", env = "WS_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub ws_ping_interval: Duration,
+
+    /// Requests per second allowed per client IP (0 disables the limit).
+    #[arg(
+        long = "rate-limit-rps",
+        env = "RATE_LIMIT_RPS",
+        default_value_t = 200.0
+    )]
+    pub rate_limit_rps: f64,
+
+    /// Burst allowed per client IP above the steady rate.
+    #[arg(
+        long = "rate-limit-burst",
+        env = "RATE_LIMIT_BURST",
+        default_value_t = 400.0
+    )]
+    pub rate_limit_burst: f64,
+
+    /// Longest a request may take.
+    #[arg(long = "request-timeout", env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Allowed CORS origins, comma-separated ("*" for any).
+    #[arg(
+        long = "cors-origins",
+        env = "CORS_ORIGINS",
+        default_value = "*",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+
+    /// Largest request body, and largest query string, in bytes.
+    #[arg(long = "max-request-bytes", env = "MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
+    pub max_request_bytes: usize,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rate_limit_rps < 0.0 || !self.rate_limit_rps.is_finite() {
+            return Err("RATE_LIMIT_RPS must be 0 (off) or positive".into());
+        }
+        if self.ws_buffer == 0 {
+            return Err("WS_BUFFER must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn for_tests(endpoints: Vec<String>, prefix: &str) -> Self {
+        let mut c = Config::parse_from(["gateway"]);
+        c.etcd = EtcdArgs::new(endpoints, prefix);
+        c.port = 0;
+        c.rate_limit_rps = 0.0;
+        c
+    }
+}

@@ -1,0 +1,130 @@
+//! The GPU list, kept in memory and fresh by one etcd watch.
+//!
+//! Load everything under the registry prefix, then watch from the load's revision + 1. If the
+//! watch is cancelled (compaction, a broken stream), load again and watch from the new
+//! revision + 1: a re-read never misses a change that a resumed watch would have.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use telemetry::backoff::Backoff;
+use telemetry::keys::Keys;
+use telemetry::registry::GpuInfo;
+use tokio_util::sync::CancellationToken;
+
+/// GPUs keyed by (hostname, gpu_id), in that order.
+#[derive(Clone, Default)]
+pub struct RegistryCache {
+    gpus: Arc<RwLock<BTreeMap<(String, String), GpuInfo>>>,
+    loaded: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RegistryCache {
+    pub fn all(&self) -> Vec<GpuInfo> {
+        self.gpus.read().unwrap().values().cloned().collect()
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// GPUs an id names: a UUID names one GPU; an index names that index on every host
+    /// (or on `hostname` only).
+    pub fn resolve(&self, id: &str, hostname: Option<&str>) -> Vec<GpuInfo> {
+        let gpus = self.gpus.read().unwrap();
+        let by_host = |g: &&GpuInfo| hostname.is_none_or(|h| g.hostname == h);
+        if id.chars().all(|c| c.is_ascii_digit()) {
+            gpus.values()
+                .filter(|g| g.gpu_id == id)
+                .filter(by_host)
+                .cloned()
+                .collect()
+        } else {
+            gpus.values()
+                .filter(|g| g.uuid == id)
+                .filter(by_host)
+                .cloned()
+                .collect()
+        }
+    }
+
+    fn apply_key(&self, keys: &Keys, key: &str, value: Option<&[u8]>) {
+        let Some(rest) = key.strip_prefix(&keys.gpus_root()) else {
+            return;
+        };
+        let Some((host, gpu)) = rest.split_once('/') else {
+            return;
+        };
+        let id = (host.to_string(), gpu.to_string());
+        let mut gpus = self.gpus.write().unwrap();
+        match value.and_then(|v| serde_json::from_slice::<GpuInfo>(v).ok()) {
+            Some(info) => {
+                gpus.insert(id, info);
+            }
+            None => {
+                gpus.remove(&id);
+            }
+        }
+    }
+
+    /// Loads and follows the registry until `stop` fires.
+    pub async fn follow(self, client: Client, keys: Keys, stop: CancellationToken) {
+        let root = keys.gpus_root();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        while !stop.is_cancelled() {
+            let loaded = client
+                .clone()
+                .get(root.as_str(), Some(GetOptions::new().with_prefix()))
+                .await;
+            let resp = match loaded {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot load the GPU registry; retrying");
+                    telemetry::shutdown::or_cancel(&stop, tokio::time::sleep(backoff.next_delay()))
+                        .await;
+                    continue;
+                }
+            };
+            let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            {
+                let mut gpus = self.gpus.write().unwrap();
+                gpus.clear();
+            }
+            for kv in resp.kvs() {
+                self.apply_key(&keys, kv.key_str().unwrap_or_default(), Some(kv.value()));
+            }
+            self.loaded
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(revision + 1);
+            let mut stream = match client.clone().watch(root.as_str(), Some(opts)).await {
+                Ok(s) => s,
+                Err(_) => continue,
+            };
+            backoff.reset();
+            loop {
+                let msg = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    m = stream.message() => m,
+                };
+                match msg {
+                    Ok(Some(resp)) if !resp.canceled() => {
+                        for ev in resp.events() {
+                            if let Some(kv) = ev.kv() {
+                                let value = (ev.event_type() == EventType::Put).then(|| kv.value());
+                                self.apply_key(&keys, kv.key_str().unwrap_or_default(), value);
+                            }
+                        }
+                    }
+                    _ => {
+                        tracing::info!("registry watch ended; reloading");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

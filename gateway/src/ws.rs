@@ -1,0 +1,400 @@
+//! The WebSocket live stream.
+//!
+//! One etcd watch per gateway ([`Hub::follow`]) turns every newly stored record into a JSON
+//! frame and fans it out: each client has a filter and a bounded queue (`WS_BUFFER`). A client
+//! whose queue is full loses the frame (counted), and once it has lost `WS_MAX_DROPPED` it is
+//! closed with 1008 (policy violation). The hub never waits for a client, so a slow one can
+//! neither slow the pipeline nor the other clients, and memory is bounded per client.
+//!
+//! `?since_revision=R` first replays what etcd still holds from revision R (one range read
+//! filtered on mod revision, which suits write-once telemetry keys), then continues live
+//! without a gap or a repeat: the client subscribes before the read, and skips live frames at
+//! or below the read's revision.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use futures::{SinkExt, StreamExt};
+use prost::Message as _;
+use serde::Serialize;
+use telemetry::backoff::Backoff;
+use telemetry::keys::{prefix_end, Keys};
+use telemetry::proto::TelemetryRecord;
+use telemetry::registry::TelemetryEntry;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{param, Params};
+use crate::error::{status_error, AppError};
+use crate::state::AppState;
+
+/// One stored record, ready to send.
+#[derive(Debug)]
+pub struct Frame {
+    pub revision: i64,
+    pub hostname: String,
+    pub gpu_id: String,
+    pub uuid: String,
+    pub metric: String,
+    pub json: Utf8Bytes,
+}
+
+#[derive(Serialize)]
+struct FrameBody<'a> {
+    revision: i64,
+    #[serde(flatten)]
+    entry: &'a TelemetryEntry,
+}
+
+impl Frame {
+    fn of(revision: i64, value: &[u8]) -> Option<Arc<Frame>> {
+        let rec = TelemetryRecord::decode(value).ok()?;
+        let entry = TelemetryEntry::from(&rec);
+        let json = serde_json::to_string(&FrameBody {
+            revision,
+            entry: &entry,
+        })
+        .ok()?;
+        Some(Arc::new(Frame {
+            revision,
+            hostname: rec.hostname,
+            gpu_id: rec.gpu_id,
+            uuid: rec.uuid,
+            metric: rec.metric,
+            json: json.into(),
+        }))
+    }
+}
+
+/// One connected client as the hub sees it.
+struct Subscriber {
+    filter: Filter,
+    tx: mpsc::Sender<Arc<Frame>>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// Fans frames out to every client: filtered first, then into that client's bounded queue.
+/// A full queue drops the frame for that client only, and counts it.
+#[derive(Clone, Default)]
+pub struct Hub {
+    clients: Arc<Mutex<Vec<Subscriber>>>,
+}
+
+impl Hub {
+    fn subscribe(
+        &self,
+        filter: Filter,
+        capacity: usize,
+    ) -> (mpsc::Receiver<Arc<Frame>>, Arc<AtomicU64>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        self.clients.lock().unwrap().push(Subscriber {
+            filter,
+            tx,
+            dropped: dropped.clone(),
+        });
+        (rx, dropped)
+    }
+
+    fn publish(&self, revision: i64, value: &[u8]) {
+        let mut clients = self.clients.lock().unwrap();
+        clients.retain(|c| !c.tx.is_closed());
+        if clients.is_empty() {
+            return;
+        }
+        let Some(frame) = Frame::of(revision, value) else {
+            return;
+        };
+        for c in clients.iter().filter(|c| c.filter.accepts(&frame)) {
+            if c.tx.try_send(frame.clone()).is_err() {
+                c.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("ws_frames_dropped").increment(1);
+            }
+        }
+    }
+
+    /// The gateway's single watch on stored telemetry, until `stop` fires.
+    pub async fn follow(self, client: Client, keys: Keys, stop: CancellationToken) {
+        let root = keys.data_root();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut next_rev = 0i64;
+        while !stop.is_cancelled() {
+            if next_rev == 0 {
+                match client
+                    .clone()
+                    .get(
+                        root.as_str(),
+                        Some(GetOptions::new().with_prefix().with_count_only()),
+                    )
+                    .await
+                {
+                    Ok(r) => next_rev = r.header().map_or(0, |h| h.revision()) + 1,
+                    Err(_) => {
+                        telemetry::shutdown::or_cancel(
+                            &stop,
+                            tokio::time::sleep(backoff.next_delay()),
+                        )
+                        .await;
+                        continue;
+                    }
+                }
+            }
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(next_rev)
+                .with_filters([etcd_client::WatchFilterType::NoDelete]);
+            let Ok(mut stream) = client.clone().watch(root.as_str(), Some(opts)).await else {
+                telemetry::shutdown::or_cancel(&stop, tokio::time::sleep(backoff.next_delay()))
+                    .await;
+                continue;
+            };
+            backoff.reset();
+            loop {
+                let msg = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    m = stream.message() => m,
+                };
+                match msg {
+                    Ok(Some(resp)) if resp.canceled() => {
+                        if resp.compact_revision() > 0 {
+                            // History is gone: re-read what changed since next_rev, then watch on.
+                            tracing::info!(
+                                compact_revision = resp.compact_revision(),
+                                "live watch compacted; re-reading"
+                            );
+                            match replay(&client, &root, next_rev, |rev, v| self.publish(rev, v))
+                                .await
+                            {
+                                Ok(read_rev) => next_rev = read_rev + 1,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "re-read after compaction failed")
+                                }
+                            }
+                        }
+                        break;
+                    }
+                    Ok(Some(resp)) => {
+                        for ev in resp.events() {
+                            if let (EventType::Put, Some(kv)) = (ev.event_type(), ev.kv()) {
+                                self.publish(kv.mod_revision(), kv.value());
+                                next_rev = next_rev.max(kv.mod_revision() + 1);
+                            }
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+/// Sends everything under `root` modified at or after `since`, in revision order, and returns
+/// the revision the read saw.
+async fn replay(
+    client: &Client,
+    root: &str,
+    since: i64,
+    mut send: impl FnMut(i64, &[u8]),
+) -> Result<i64, etcd_client::Error> {
+    let end = prefix_end(root);
+    let mut from = root.as_bytes().to_vec();
+    let mut revision = 0;
+    loop {
+        let mut opts = GetOptions::new()
+            .with_range(end.clone())
+            .with_min_mod_revision(since)
+            .with_limit(1000);
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        let resp = client.clone().get(from.clone(), Some(opts)).await?;
+        revision = resp.header().map_or(revision, |h| h.revision());
+        let mut kvs: Vec<_> = resp.kvs().to_vec();
+        kvs.sort_by_key(|kv| kv.mod_revision());
+        for kv in &kvs {
+            send(kv.mod_revision(), kv.value());
+        }
+        match (resp.more(), resp.kvs().iter().map(|kv| kv.key()).max()) {
+            (true, Some(last)) => {
+                from = last.to_vec();
+                from.push(0);
+            }
+            _ => return Ok(revision),
+        }
+    }
+}
+
+/// What a client asked to see.
+#[derive(Debug, Clone, Default)]
+struct Filter {
+    gpu: Option<String>,
+    hostname: Option<String>,
+    metric: Option<String>,
+}
+
+impl Filter {
+    fn accepts(&self, f: &Frame) -> bool {
+        self.gpu
+            .as_ref()
+            .is_none_or(|g| *g == f.uuid || *g == f.gpu_id)
+            && self.hostname.as_ref().is_none_or(|h| *h == f.hostname)
+            && self.metric.as_ref().is_none_or(|m| *m == f.metric)
+    }
+}
+
+/// Decrements the connection count when a client goes away, however it goes.
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("ws_clients").decrement(1.0);
+    }
+}
+
+/// Live stream of newly stored records as JSON text frames.
+#[utoipa::path(get, path = "/api/v1/ws/telemetry",
+    params(("gpu" = Option<String>, Query, description = "GPU UUID or index"), ("hostname" = Option<String>, Query), ("metric" = Option<String>, Query),
+        ("since_revision" = Option<i64>, Query, description = "replay from this etcd revision first")),
+    responses((status = 101, description = "switching to WebSocket"), (status = 503, description = "too many clients")))]
+pub async fn ws_handler(
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    State(s): State<AppState>,
+    Query(p): Query<Params>,
+) -> Result<Response, AppError> {
+    if !s.cfg.ws_enabled {
+        return Ok(status_error(
+            StatusCode::NOT_FOUND,
+            "WS_DISABLED",
+            "the WebSocket stream is disabled (WS_ENABLED=false)",
+        ));
+    }
+    let since = param(&p, "since_revision")
+        .map(|v| {
+            v.parse::<i64>().ok().filter(|r| *r > 0).ok_or_else(|| {
+                AppError::bad(
+                    "INVALID_REVISION",
+                    format!("since_revision {v:?} is not a positive integer"),
+                )
+            })
+        })
+        .transpose()?;
+    let ws = ws.map_err(|e| {
+        AppError::bad(
+            "UPGRADE_REQUIRED",
+            format!("this endpoint speaks WebSocket only: {e}"),
+        )
+    })?;
+    let filter = Filter {
+        gpu: param(&p, "gpu").map(str::to_string),
+        hostname: param(&p, "hostname").map(str::to_string),
+        metric: param(&p, "metric").map(str::to_string),
+    };
+    if s.ws_clients.fetch_add(1, Ordering::Relaxed) >= s.cfg.ws_max_connections {
+        s.ws_clients.fetch_sub(1, Ordering::Relaxed);
+        metrics::counter!("ws_refused").increment(1);
+        return Err(AppError::Unavailable(format!(
+            "too many WebSocket clients (WS_MAX_CONNECTIONS={})",
+            s.cfg.ws_max_connections
+        )));
+    }
+    metrics::gauge!("ws_clients").increment(1.0);
+    let slot = Slot(s.ws_clients.clone());
+    Ok(ws.on_upgrade(move |socket| async move {
+        let _slot = slot;
+        serve_client(socket, s, filter, since).await;
+    }))
+}
+
+async fn serve_client(socket: WebSocket, s: AppState, filter: Filter, since: Option<i64>) {
+    // Subscribe before the replay read, so nothing stored meanwhile is missed.
+    let (mut rx, dropped) = s.hub.subscribe(filter.clone(), s.cfg.ws_buffer);
+    let (mut tx, mut incoming) = socket.split();
+    let mut replayed_to = 0;
+    if let Some(since) = since {
+        let mut frames = Vec::new();
+        match replay(&s.client, &s.keys.data_root(), since, |rev, v| {
+            frames.extend(Frame::of(rev, v))
+        })
+        .await
+        {
+            Ok(rev) => replayed_to = rev,
+            Err(e) => {
+                let reason = format!("cannot replay from revision {since}: {e}");
+                let _ = tx
+                    .send(Message::Close(Some(CloseFrame {
+                        code: 1011,
+                        reason: reason.into(),
+                    })))
+                    .await;
+                return;
+            }
+        }
+        for f in frames.iter().filter(|f| filter.accepts(f)) {
+            if tx.send(Message::Text(f.json.clone())).await.is_err() {
+                return;
+            }
+            metrics::counter!("ws_frames_sent").increment(1);
+        }
+    }
+    let ping_every = s.cfg.ws_ping_interval;
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    let mut last_pong = Instant::now();
+    loop {
+        tokio::select! {
+            frame = rx.recv() => match frame {
+                Some(f) if f.revision > replayed_to => {
+                    let lost = dropped.load(Ordering::Relaxed);
+                    if lost > s.cfg.ws_max_dropped {
+                        close_slow(&mut tx, &format!("client too slow: {lost} frames dropped")).await;
+                        break;
+                    }
+                    // A client that cannot take a frame within a ping interval is stuck.
+                    match tokio::time::timeout(ping_every, tx.send(Message::Text(f.json.clone()))).await {
+                        Ok(Ok(())) => metrics::counter!("ws_frames_sent").increment(1),
+                        Ok(Err(_)) => break,
+                        Err(_) => {
+                            close_slow(&mut tx, "client not reading").await;
+                            break;
+                        }
+                    }
+                }
+                Some(_) => {}
+                None => break,
+            },
+            msg = incoming.next() => match msg {
+                Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+            _ = ping.tick() => {
+                if last_pong.elapsed() > ping_every * 2 {
+                    let _ = tx.send(Message::Close(Some(CloseFrame { code: 1001, reason: "no pong".into() }))).await;
+                    break;
+                }
+                if tx.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Closes a client that cannot keep up with 1008 (policy violation). The close frame itself
+/// may not fit a full socket, so it gets a second at most.
+async fn close_slow(tx: &mut futures::stream::SplitSink<WebSocket, Message>, reason: &str) {
+    metrics::counter!("ws_closed_slow").increment(1);
+    let close = Message::Close(Some(CloseFrame {
+        code: 1008,
+        reason: reason.to_string().into(),
+    }));
+    let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(close)).await;
+}

@@ -1,0 +1,109 @@
+//! Settings every binary shares. Each is a flag and an environment variable (see CONTRACT.md),
+//! so that the same binary runs from a shell, a unit file or a test without a config file.
+
+use std::time::Duration;
+
+use clap::Args;
+
+/// Parses `10s`, `500ms`, `24h`: the duration syntax every setting uses.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 500ms, 10s, 24h)"))
+}
+
+/// How to reach etcd, and the key prefix that isolates one pipeline from another.
+#[derive(Args, Debug, Clone)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long = "etcd-endpoints",
+        env = "ETCD_ENDPOINTS",
+        default_value = "localhost:2379",
+        value_delimiter = ','
+    )]
+    pub endpoints: Vec<String>,
+
+    /// How long to wait for a connection to etcd.
+    #[arg(long = "etcd-dial-timeout", env = "ETCD_DIAL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub dial_timeout: Duration,
+
+    /// Prefix for every key the pipeline writes, so that several pipelines can share one etcd.
+    #[arg(long = "etcd-prefix", env = "ETCD_PREFIX", default_value = "")]
+    pub prefix: String,
+}
+
+impl EtcdArgs {
+    /// Settings for a test or tool that already knows its endpoints.
+    pub fn new(endpoints: Vec<String>, prefix: impl Into<String>) -> Self {
+        Self {
+            endpoints,
+            dial_timeout: Duration::from_secs(5),
+            prefix: prefix.into(),
+        }
+    }
+}
+
+/// Logging and shutdown behaviour, the same for every binary.
+#[derive(Args, Debug, Clone)]
+pub struct RuntimeArgs {
+    /// Log format: text or json. The level comes from RUST_LOG.
+    #[arg(long = "log-format", env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    /// How long shutdown may take to drain work in flight before exiting anyway.
+    #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// The queue's shape, which the streamer and the collectors must agree on.
+#[derive(Args, Debug, Clone)]
+pub struct QueueArgs {
+    /// Number of queue partitions. Collectors own whole partitions, so this bounds how many
+    /// collectors can share the load.
+    #[arg(long = "mq-partitions", env = "MQ_PARTITIONS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub partitions: u16,
+
+    /// Most operations in one etcd Txn (etcd's --max-txn-ops, 128 on stock etcd).
+    #[arg(long = "mq-max-txn-ops", env = "MQ_MAX_TXN_OPS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(8..))]
+    pub max_txn_ops: u32,
+
+    /// Most bytes in one etcd request (etcd's --max-request-bytes, 1.5 MiB on stock etcd).
+    #[arg(long = "mq-max-request-bytes", env = "MQ_MAX_REQUEST_BYTES", default_value_t = 1_572_864, value_parser = clap::value_parser!(u32).range(65_536..))]
+    pub max_request_bytes: u32,
+}
+
+impl Default for QueueArgs {
+    fn default() -> Self {
+        Self {
+            partitions: 16,
+            max_txn_ops: 128,
+            max_request_bytes: 1_572_864,
+        }
+    }
+}
+
+impl QueueArgs {
+    /// Records that fit one message so that its commit stays within one Txn: each record
+    /// costs a data put and a dedupe put, and the commit also deletes the message and its
+    /// attempt counter.
+    pub fn records_per_message(&self) -> usize {
+        ((self.max_txn_ops as usize).saturating_sub(2) / 2).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_per_message_fits_one_txn() {
+        let q = QueueArgs::default();
+        assert_eq!(q.records_per_message(), 63);
+        assert!(q.records_per_message() * 2 + 2 <= q.max_txn_ops as usize);
+    }
+
+    #[test]
+    fn durations_parse_and_bad_ones_explain() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert!(parse_duration("thirty").unwrap_err().contains("expected"));
+    }
+}

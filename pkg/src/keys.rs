@@ -1,0 +1,162 @@
+//! The key layout in etcd. Every key the pipeline writes is built here, under the configured
+//! prefix, so the layout can be read in one place (docs/design.md has the table).
+//!
+//! Timestamps in keys are fixed-width RFC 3339 with nanoseconds, so that etcd's byte order is
+//! time order and a time range is one key-range scan.
+
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+
+/// Key builder bound to one pipeline prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.trim_end_matches('/').to_string(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// All queued messages, every partition.
+    pub fn queue_root(&self) -> String {
+        format!("{}/queue/msg/", self.prefix)
+    }
+    pub fn queue_partition(&self, partition: u16) -> String {
+        format!("{}/queue/msg/{partition:04}/", self.prefix)
+    }
+    pub fn queue_message(&self, partition: u16, id: &str) -> String {
+        format!("{}{id}", self.queue_partition(partition))
+    }
+    /// Partition number of a queue key, if it is one.
+    pub fn partition_of(&self, queue_key: &str) -> Option<u16> {
+        let rest = queue_key.strip_prefix(&self.queue_root())?;
+        rest.split('/').next()?.parse().ok()
+    }
+
+    /// Who owns a partition: a key under its owner's lease.
+    pub fn owners_root(&self) -> String {
+        format!("{}/queue/owner/", self.prefix)
+    }
+    pub fn owner(&self, partition: u16) -> String {
+        format!("{}{partition:04}", self.owners_root())
+    }
+
+    /// Live collectors, each under its own lease.
+    pub fn members_root(&self) -> String {
+        format!("{}/collectors/", self.prefix)
+    }
+    pub fn member(&self, id: &str) -> String {
+        format!("{}{id}", self.members_root())
+    }
+
+    /// Failed attempts at one message, kept outside any lease so that they survive a crash.
+    pub fn attempts(&self, message_id: &str) -> String {
+        format!("{}/queue/attempts/{message_id}", self.prefix)
+    }
+    pub fn dead_letters_root(&self) -> String {
+        format!("{}/queue/dead/", self.prefix)
+    }
+    pub fn dead_letter(&self, message_id: &str) -> String {
+        format!("{}{message_id}", self.dead_letters_root())
+    }
+
+    /// Processed set: one key per idempotency key, under a time-bucket lease.
+    pub fn dedupe(&self, idempotency_key: &str) -> String {
+        format!("{}/dedupe/{idempotency_key}", self.prefix)
+    }
+
+    /// Shared bucket leases: the lease id for a kind and bucket, so collectors share leases.
+    pub fn bucket_lease(&self, kind: &str, bucket: i64) -> String {
+        format!("{}/leases/{kind}/{bucket}", self.prefix)
+    }
+
+    pub fn data_root(&self) -> String {
+        format!("{}/telemetry/data/", self.prefix)
+    }
+    pub fn data_gpu(&self, hostname: &str, gpu_id: &str) -> String {
+        format!("{}{hostname}/{gpu_id}/", self.data_root())
+    }
+    /// `/telemetry/data/{hostname}/{gpu_id}/{timestamp}_{id}`, the contract's layout.
+    pub fn data(&self, hostname: &str, gpu_id: &str, ts_nanos: i64, id: &str) -> String {
+        format!(
+            "{}{}_{id}",
+            self.data_gpu(hostname, gpu_id),
+            key_time(ts_nanos)
+        )
+    }
+
+    pub fn gpus_root(&self) -> String {
+        format!("{}/telemetry/gpus/", self.prefix)
+    }
+    pub fn gpu(&self, hostname: &str, gpu_id: &str) -> String {
+        format!("{}{hostname}/{gpu_id}", self.gpus_root())
+    }
+
+    pub fn invalid_root(&self) -> String {
+        format!("{}/telemetry/invalid/", self.prefix)
+    }
+    pub fn invalid(&self, id: &str) -> String {
+        format!("{}{id}", self.invalid_root())
+    }
+}
+
+/// Fixed-width, sortable timestamp used inside keys: `2025-07-18T20:42:34.000000000Z`.
+pub fn key_time(ts_nanos: i64) -> String {
+    Utc.timestamp_nanos(ts_nanos)
+        .to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+/// The key-time of an instant, for range bounds.
+pub fn key_time_of(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+/// The smallest key strictly greater than every key that starts with `prefix`.
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_keys_follow_the_contract_and_sort_by_time() {
+        let k = Keys::new("/p");
+        let a = k.data("host-1", "0", 1_752_871_354_000_000_000, "01ABC");
+        assert_eq!(
+            a,
+            "/p/telemetry/data/host-1/0/2025-07-18T20:42:34.000000000Z_01ABC"
+        );
+        let b = k.data("host-1", "0", 1_752_871_354_000_000_001, "00000");
+        assert!(a < b, "a later timestamp must sort later whatever the id");
+    }
+
+    #[test]
+    fn partitions_round_trip() {
+        let k = Keys::new("");
+        let key = k.queue_message(7, "01J");
+        assert_eq!(key, "/queue/msg/0007/01J");
+        assert_eq!(k.partition_of(&key), Some(7));
+        assert_eq!(k.partition_of("/other/0007/01J"), None);
+    }
+
+    #[test]
+    fn prefix_end_is_exclusive_upper_bound() {
+        assert_eq!(prefix_end("a/"), b"a0".to_vec());
+        assert_eq!(prefix_end(""), vec![0]);
+    }
+}

@@ -1,0 +1,27 @@
+//! The shared library of the GPU telemetry pipeline.
+//!
+//! Everything that two binaries must agree on lives here: where keys go in etcd ([`keys`]),
+//! what a record is and how its identity is computed ([`record`]), how the DCGM CSV is read
+//! ([`dcgm_csv`]), how work is queued ([`queue`]), claimed ([`claim`]) and committed
+//! ([`store`]), and the plumbing every binary shares (config, logging, admin endpoints,
+//! shutdown).
+
+pub mod admin;
+pub mod backoff;
+pub mod buckets;
+pub mod claim;
+pub mod config;
+pub mod dcgm_csv;
+pub mod etcd;
+pub mod keys;
+pub mod lease;
+pub mod logging;
+pub mod queue;
+pub mod record;
+pub mod registry;
+pub mod shutdown;
+pub mod store;
+pub mod throttle;
+pub mod validate;
+
+pub use telemetry_proto as proto;

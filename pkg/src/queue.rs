@@ -1,0 +1,187 @@
+//! The producer side of the etcd queue.
+//!
+//! A message is a protobuf `QueueMessage` holding up to `records_per_message` records, stored at
+//! `{prefix}/queue/msg/{partition}/{ulid}`. Messages are spread round-robin over the
+//! partitions, and many messages go into one Txn, bounded by etcd's op and byte limits.
+//!
+//! Publishing is at-least-once: a Txn that timed out may have been applied, and is sent again.
+//! Doubles cannot reach the store, because the collector dedupes every record on its key.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use etcd_client::{Client, GetOptions, Txn, TxnOp};
+use prost::Message as _;
+use sha2::{Digest, Sha256};
+use telemetry_proto::{QueueMessage, TelemetryRecord};
+
+use crate::config::QueueArgs;
+use crate::etcd::{Context, EtcdError};
+use crate::keys::Keys;
+use crate::record::now_millis;
+
+pub const TOPIC: &str = "gpu-telemetry";
+pub const SCHEMA_VERSION: &str = "v1";
+
+/// Space a put costs in a request beyond its key and value (protobuf framing, op header).
+const PUT_OVERHEAD: usize = 32;
+
+/// Wraps records in an envelope with a fresh ULID.
+///
+/// Records travel without their idempotency keys: the collector recomputes each key from the
+/// content it is about to store (it must not trust a producer's key), so shipping them would
+/// only add 66 bytes per record to every queue write and delete.
+pub fn envelope(mut records: Vec<TelemetryRecord>, schema_version: &str) -> QueueMessage {
+    let mut hash = Sha256::new();
+    for r in &mut records {
+        hash.update(r.idempotency_key.as_bytes());
+        r.idempotency_key.clear();
+    }
+    let id = ulid::Ulid::new().to_string();
+    QueueMessage {
+        trace_id: id.clone(),
+        id,
+        idempotency_key: hex::encode(hash.finalize()),
+        topic: TOPIC.to_string(),
+        created_unix_ms: now_millis(),
+        expires_unix_ms: 0,
+        schema_version: schema_version.to_string(),
+        records,
+    }
+}
+
+pub struct Publisher {
+    client: Client,
+    keys: Keys,
+    limits: QueueArgs,
+    next_partition: AtomicU32,
+}
+
+/// One encoded message ready to be put.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub records: usize,
+}
+
+impl Publisher {
+    pub fn new(client: Client, keys: Keys, limits: QueueArgs) -> Self {
+        let start = rand::random::<u32>();
+        Self {
+            client,
+            keys,
+            limits,
+            next_partition: AtomicU32::new(start),
+        }
+    }
+
+    pub fn limits(&self) -> &QueueArgs {
+        &self.limits
+    }
+
+    /// Encodes a message and picks its partition.
+    pub fn encode(&self, msg: &QueueMessage) -> Encoded {
+        let partition = (self.next_partition.fetch_add(1, Ordering::Relaxed)
+            % u32::from(self.limits.partitions)) as u16;
+        Encoded {
+            key: self.keys.queue_message(partition, &msg.id),
+            value: msg.encode_to_vec(),
+            records: msg.records.len(),
+        }
+    }
+
+    /// Puts one group of messages in a single Txn.
+    pub async fn put_group(&self, group: &[Encoded]) -> Result<(), EtcdError> {
+        let ops: Vec<TxnOp> = group
+            .iter()
+            .map(|m| TxnOp::put(m.key.as_str(), m.value.clone(), None))
+            .collect();
+        self.client
+            .clone()
+            .txn(Txn::new().and_then(ops))
+            .await
+            .ctx("publish")?;
+        Ok(())
+    }
+
+    /// Messages waiting in the queue, counted by etcd without sending them.
+    pub async fn depth(&self) -> Result<i64, EtcdError> {
+        queue_depth(&self.client, &self.keys).await
+    }
+}
+
+/// Splits encoded messages into groups that each fit one Txn (op count and request bytes).
+pub fn plan<'a>(limits: &QueueArgs, msgs: &'a [Encoded]) -> Vec<&'a [Encoded]> {
+    let max_ops = limits.max_txn_ops as usize;
+    let max_bytes = limits.max_request_bytes as usize - 4096;
+    let mut groups = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, m) in msgs.iter().enumerate() {
+        let size = m.key.len() + m.value.len() + PUT_OVERHEAD;
+        if i > start && (i - start >= max_ops || bytes + size > max_bytes) {
+            groups.push(&msgs[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < msgs.len() {
+        groups.push(&msgs[start..]);
+    }
+    groups
+}
+
+/// Messages waiting in the queue (all partitions), by a count-only range request.
+pub async fn queue_depth(client: &Client, keys: &Keys) -> Result<i64, EtcdError> {
+    let opts = GetOptions::new().with_prefix().with_count_only();
+    Ok(client
+        .clone()
+        .get(keys.queue_root(), Some(opts))
+        .await
+        .ctx("queue depth")?
+        .count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(n: usize, size: usize) -> Vec<Encoded> {
+        (0..n)
+            .map(|i| Encoded {
+                key: format!("k{i}"),
+                value: vec![0; size],
+                records: 1,
+            })
+            .collect()
+    }
+
+    fn plan_of(limits: QueueArgs, msgs: &[Encoded]) -> Vec<usize> {
+        plan(&limits, msgs).iter().map(|g| g.len()).collect()
+    }
+
+    #[test]
+    fn groups_respect_ops_and_bytes() {
+        let limits = QueueArgs {
+            max_txn_ops: 128,
+            max_request_bytes: 1_572_864,
+            partitions: 4,
+        };
+        assert_eq!(plan_of(limits.clone(), &enc(300, 10)), vec![128, 128, 44]);
+        let big = plan_of(limits, &enc(100, 100_000));
+        assert!(big.iter().all(|&n| n * 100_040 < 1_572_864), "{big:?}");
+        assert_eq!(big.iter().sum::<usize>(), 100);
+    }
+
+    #[test]
+    fn envelope_key_covers_record_keys() {
+        let r = TelemetryRecord {
+            idempotency_key: "ab".into(),
+            ..Default::default()
+        };
+        let a = envelope(vec![r.clone()], SCHEMA_VERSION);
+        let b = envelope(vec![r], SCHEMA_VERSION);
+        assert_ne!(a.id, b.id);
+        assert_eq!(a.idempotency_key, b.idempotency_key);
+    }
+}

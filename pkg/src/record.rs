@@ -1,0 +1,146 @@
+//! Record identity: every record gets a ULID (where it entered the pipeline) and an
+//! idempotency key (what it says). Two sources that read the same reading must produce the
+//! same key, so the key covers only the reading's content, in a fixed order and format:
+//!
+//! ```text
+//! sha256("gpu-telemetry/v1" US hostname US gpu_id US uuid US metric US timestamp_ns US value)
+//! ```
+//!
+//! where US is the ASCII unit separator (0x1F, which no field may contain) and `value` is the
+//! shortest decimal that round-trips the f64 (`100`, `0.5`, `1e-7`). Labels, device name, model and
+//! pod are descriptive and left out, so that a scrape and a CSV row of one reading agree.
+
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use sha2::{Digest, Sha256};
+use telemetry_proto::TelemetryRecord;
+
+const DOMAIN: &str = "gpu-telemetry/v1";
+const SEP: char = '\u{1f}';
+
+/// The canonical form hashed into the idempotency key.
+pub fn canonical_form(r: &TelemetryRecord) -> String {
+    let mut s = String::with_capacity(160);
+    for part in [
+        DOMAIN,
+        &r.hostname,
+        &r.gpu_id,
+        &r.uuid,
+        &r.metric,
+        &r.timestamp_unix_nano.to_string(),
+        &canonical_value(r.value),
+    ] {
+        if !s.is_empty() {
+            s.push(SEP);
+        }
+        s.push_str(part);
+    }
+    s
+}
+
+/// Shortest round-trip decimal, with `-0` folded into `0`.
+pub fn canonical_value(v: f64) -> String {
+    if v == 0.0 {
+        "0".to_string()
+    } else {
+        format!("{v}")
+    }
+}
+
+pub fn idempotency_key(r: &TelemetryRecord) -> String {
+    hex::encode(Sha256::digest(canonical_form(r).as_bytes()))
+}
+
+/// Gives a record its ULID and idempotency key. Call once the content is final.
+pub fn assign_identity(r: &mut TelemetryRecord) {
+    if r.id.is_empty() {
+        r.id = ulid::Ulid::new().to_string();
+    }
+    r.idempotency_key = idempotency_key(r);
+}
+
+/// Parses an RFC 3339 timestamp into Unix nanoseconds.
+pub fn parse_timestamp(s: &str) -> Result<i64, String> {
+    let t =
+        DateTime::parse_from_rfc3339(s.trim()).map_err(|e| format!("bad timestamp {s:?}: {e}"))?;
+    t.with_timezone(&Utc)
+        .timestamp_nanos_opt()
+        .ok_or_else(|| format!("timestamp {s:?} is out of range"))
+}
+
+pub fn format_timestamp(nanos: i64) -> String {
+    Utc.timestamp_nanos(nanos)
+        .to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+pub fn now_nanos() -> i64 {
+    Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+pub fn now_millis() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading() -> TelemetryRecord {
+        TelemetryRecord {
+            hostname: "h1".into(),
+            gpu_id: "3".into(),
+            uuid: "GPU-abc".into(),
+            metric: "DCGM_FI_DEV_GPU_TEMP".into(),
+            timestamp_unix_nano: 1_752_871_354_000_000_000,
+            value: 41.0,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn key_ignores_descriptive_fields_and_ids() {
+        let a = reading();
+        let mut b = reading();
+        b.id = "01SOMETHINGELSE".into();
+        b.device = "nvidia3".into();
+        b.labels.insert("job".into(), "x".into());
+        assert_eq!(idempotency_key(&a), idempotency_key(&b));
+    }
+
+    #[test]
+    fn key_changes_with_content() {
+        let a = reading();
+        let mut b = reading();
+        b.value = 41.5;
+        assert_ne!(idempotency_key(&a), idempotency_key(&b));
+        let mut c = reading();
+        c.timestamp_unix_nano += 1;
+        assert_ne!(idempotency_key(&a), idempotency_key(&c));
+    }
+
+    #[test]
+    fn key_is_pinned() {
+        // The canonical form is a contract with stored data: changing it silently would let
+        // every record through the dedupe window a second time.
+        assert_eq!(
+            canonical_form(&reading()),
+            "gpu-telemetry/v1\u{1f}h1\u{1f}3\u{1f}GPU-abc\u{1f}DCGM_FI_DEV_GPU_TEMP\u{1f}1752871354000000000\u{1f}41"
+        );
+        assert_eq!(idempotency_key(&reading()).len(), 64);
+    }
+
+    #[test]
+    fn values_are_canonical() {
+        assert_eq!(canonical_value(100.0), "100");
+        assert_eq!(canonical_value(-0.0), "0");
+        assert_eq!(canonical_value(0.1), "0.1");
+    }
+
+    #[test]
+    fn timestamps_parse() {
+        assert_eq!(
+            parse_timestamp("2025-07-18T20:42:34Z").unwrap(),
+            1_752_871_354_000_000_000
+        );
+        assert!(parse_timestamp("yesterday").is_err());
+    }
+}

@@ -1,0 +1,193 @@
+//! Schema versions and validation of records before they are stored.
+//!
+//! Producers may send three schema versions; each is migrated to the current one (v1) first:
+//! - `v1beta1`: timestamp and value both as text (`timestamp_text`, `value_text`);
+//! - `v1beta2`: numeric value, timestamp as RFC 3339 text (`timestamp_text`);
+//! - `v1`: numeric value and `timestamp_unix_nano`.
+
+use telemetry_proto::TelemetryRecord;
+
+use crate::record::{idempotency_key, parse_timestamp};
+
+pub const CURRENT: &str = "v1";
+pub const SUPPORTED: [&str; 3] = ["v1", "v1beta2", "v1beta1"];
+
+/// Brings a record of `schema_version` to the current schema.
+pub fn migrate(schema_version: &str, r: &mut TelemetryRecord) -> Result<(), String> {
+    match schema_version {
+        "v1" | "" => {}
+        "v1beta2" => {
+            r.timestamp_unix_nano = parse_timestamp(&r.timestamp_text)?;
+        }
+        "v1beta1" => {
+            r.timestamp_unix_nano = parse_timestamp(&r.timestamp_text)?;
+            r.value = r
+                .value_text
+                .trim()
+                .parse()
+                .map_err(|_| format!("value {:?} is not a number", r.value_text))?;
+        }
+        other => {
+            return Err(format!(
+                "unknown schema version {other:?} (supported: {SUPPORTED:?})"
+            ))
+        }
+    }
+    r.timestamp_text.clear();
+    r.value_text.clear();
+    Ok(())
+}
+
+fn path_segment(name: &str, v: &str) -> Result<(), String> {
+    if v.is_empty() {
+        return Err(format!("{name} is empty"));
+    }
+    if v.len() > 253 || v.contains('/') || v.chars().any(char::is_control) {
+        return Err(format!("{name} {v:?} is not a valid key segment (no '/', no control characters, at most 253 bytes)"));
+    }
+    Ok(())
+}
+
+/// Checks a migrated record; the reason is stored with an invalid record.
+pub fn validate(r: &TelemetryRecord) -> Result<(), String> {
+    path_segment("hostname", &r.hostname)?;
+    path_segment("gpu_id", &r.gpu_id)?;
+    if r.metric.is_empty()
+        || !r
+            .metric
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    {
+        return Err(format!("metric {:?} is not a metric name", r.metric));
+    }
+    if !r.value.is_finite() {
+        return Err(format!("value {} is not finite", r.value));
+    }
+    // 2000-01-01 .. 2200-01-01: anything else is a unit mistake (seconds sent as nanos, say).
+    if !(946_684_800_000_000_000..7_258_118_400_000_000_000).contains(&r.timestamp_unix_nano) {
+        return Err(format!(
+            "timestamp {} ns is outside 2000..2200",
+            r.timestamp_unix_nano
+        ));
+    }
+    Ok(())
+}
+
+/// Migrates and validates, then makes the identity consistent with the content: the
+/// idempotency key is recomputed from the migrated record, and a missing ULID is assigned.
+pub fn admit(schema_version: &str, r: &mut TelemetryRecord) -> Result<(), String> {
+    // Even a refused record needs an id: it is the key of its entry in the invalid area.
+    if ulid::Ulid::from_string(&r.id).is_err() {
+        r.id = ulid::Ulid::new().to_string();
+    }
+    migrate(schema_version, r)?;
+    validate(r)?;
+    r.idempotency_key = idempotency_key(r);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> TelemetryRecord {
+        TelemetryRecord {
+            hostname: "h".into(),
+            gpu_id: "0".into(),
+            metric: "DCGM_FI_DEV_GPU_UTIL".into(),
+            timestamp_unix_nano: 1_752_871_354_000_000_000,
+            value: 5.0,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_schema_version_migrates_to_the_same_record() {
+        let mut v1 = good();
+        admit("v1", &mut v1).unwrap();
+
+        let mut b2 = TelemetryRecord {
+            timestamp_unix_nano: 0,
+            timestamp_text: "2025-07-18T20:42:34Z".into(),
+            ..good()
+        };
+        admit("v1beta2", &mut b2).unwrap();
+
+        let mut b1 = TelemetryRecord {
+            timestamp_unix_nano: 0,
+            value: 0.0,
+            timestamp_text: "2025-07-18T20:42:34Z".into(),
+            value_text: "5".into(),
+            ..good()
+        };
+        admit("v1beta1", &mut b1).unwrap();
+
+        assert_eq!(v1.idempotency_key, b2.idempotency_key);
+        assert_eq!(v1.idempotency_key, b1.idempotency_key);
+        assert_eq!(
+            (b1.timestamp_unix_nano, b1.value),
+            (v1.timestamp_unix_nano, 5.0)
+        );
+    }
+
+    #[test]
+    fn bad_records_say_why() {
+        let cases: [(TelemetryRecord, &str); 5] = [
+            (
+                TelemetryRecord {
+                    hostname: String::new(),
+                    ..good()
+                },
+                "hostname is empty",
+            ),
+            (
+                TelemetryRecord {
+                    gpu_id: "0/1".into(),
+                    ..good()
+                },
+                "gpu_id",
+            ),
+            (
+                TelemetryRecord {
+                    metric: "bad metric".into(),
+                    ..good()
+                },
+                "metric",
+            ),
+            (
+                TelemetryRecord {
+                    value: f64::NAN,
+                    ..good()
+                },
+                "not finite",
+            ),
+            (
+                TelemetryRecord {
+                    timestamp_unix_nano: 1_752_871_354,
+                    ..good()
+                },
+                "outside",
+            ),
+        ];
+        for (mut r, want) in cases {
+            let err = admit("v1", &mut r).unwrap_err();
+            assert!(err.contains(want), "{err} should mention {want}");
+        }
+        let mut r = good();
+        assert!(admit("v2", &mut r)
+            .unwrap_err()
+            .contains("unknown schema version"));
+        assert!(
+            ulid::Ulid::from_string(&r.id).is_ok(),
+            "refused records get an id too"
+        );
+        let mut r = TelemetryRecord {
+            value_text: "n/a".into(),
+            timestamp_text: "2025-07-18T20:42:34Z".into(),
+            ..good()
+        };
+        assert!(admit("v1beta1", &mut r)
+            .unwrap_err()
+            .contains("not a number"));
+    }
+}

@@ -1,0 +1,176 @@
+//! The streamer: reads GPU telemetry from files, devices and pushes, and publishes it into the
+//! etcd queue at a controlled rate. `main` parses the config and calls [`run`], so tests run
+//! the real thing in-process.
+
+pub mod backpressure;
+pub mod config;
+pub mod counters;
+pub mod generate;
+pub mod pipeline;
+pub mod source;
+
+use std::sync::Arc;
+
+use telemetry::keys::Keys;
+use telemetry::queue::Publisher;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Mutex};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use crate::config::Config;
+pub use crate::counters::Counters;
+use crate::source::{Sink, Source, SourceError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamerError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("etcd was never reachable before shutdown")]
+    NoEtcd,
+}
+
+/// Sockets the streamer serves on, bound by the caller (port 0 in tests).
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub ingest: Option<TcpListener>,
+    pub admin: Option<TcpListener>,
+}
+
+fn sources(cfg: &Config) -> Result<Vec<Box<dyn Source>>, SourceError> {
+    let mut out: Vec<Box<dyn Source>> = Vec::new();
+    if !cfg.csv.is_empty() {
+        for p in &cfg.csv {
+            source::csv::open(p)?; // fail at start-up, naming the file
+        }
+        out.push(Box::new(source::csv::CsvSource {
+            paths: cfg.csv.clone(),
+            looping: cfg.looping,
+            stamp_now: cfg.stamp_now(),
+        }));
+    }
+    if let Some(url) = &cfg.dcgm_url {
+        out.push(Box::new(source::dcgm::DcgmSource {
+            url: url.clone(),
+            interval: cfg.interval,
+        }));
+    }
+    if let Some(bin) = &cfg.nvidia_smi {
+        let hostname = if cfg.hostname.is_empty() {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into())
+        } else {
+            cfg.hostname.clone()
+        };
+        out.push(Box::new(source::nvidia_smi::NvidiaSmiSource {
+            binary: bin.clone(),
+            interval: cfg.interval,
+            hostname,
+        }));
+    }
+    Ok(out)
+}
+
+/// Runs until every finite input is published, or until `shutdown` fires for endless inputs.
+pub async fn run(
+    cfg: Config,
+    listeners: Listeners,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+) -> Result<(), StreamerError> {
+    let sources = sources(&cfg)?;
+    telemetry::admin::metrics_handle();
+    let tracker = TaskTracker::new();
+    let Some(client) = telemetry::etcd::connect_with_retry(&cfg.etcd, &shutdown).await else {
+        return Err(StreamerError::NoEtcd);
+    };
+    if let Some(l) = listeners.admin {
+        let c = client.clone();
+        let ready: telemetry::admin::ReadyCheck = Arc::new(move || {
+            let c = c.clone();
+            Box::pin(async move { telemetry::etcd::is_ready(&c).await })
+        });
+        tracker.spawn(telemetry::admin::serve(l, ready, shutdown.clone()));
+    }
+    let publisher = Arc::new(Publisher::new(
+        client,
+        Keys::new(&cfg.etcd.prefix),
+        cfg.queue.clone(),
+    ));
+    let (tx, rx) = mpsc::channel(cfg.buffer);
+    let (group_tx, group_rx) = mpsc::channel(cfg.publishers);
+    let (throttle_tx, throttle_rx) = watch::channel(1.0);
+    let stop_helpers = CancellationToken::new();
+    let give_up = CancellationToken::new();
+
+    tokio::spawn(backpressure::run(
+        cfg.clone(),
+        publisher.clone(),
+        throttle_tx,
+        stop_helpers.clone(),
+    ));
+    let batcher = pipeline::Batcher {
+        publisher: publisher.clone(),
+        counters: counters.clone(),
+        rate: cfg.rate,
+        linger: cfg.linger,
+        throttle: throttle_rx,
+    };
+    let flow = TaskTracker::new();
+    flow.spawn(batcher.run(rx, group_tx));
+    let group_rx = Arc::new(Mutex::new(group_rx));
+    for _ in 0..cfg.publishers {
+        flow.spawn(pipeline::publish(
+            publisher.clone(),
+            counters.clone(),
+            group_rx.clone(),
+            give_up.clone(),
+        ));
+    }
+
+    let sink = Sink::new(tx, counters.clone());
+    let inputs = TaskTracker::new();
+    let stop_inputs = shutdown.child_token();
+    if let Some(l) = listeners.ingest {
+        tracing::info!(addr = ?l.local_addr().ok(), "serving POST /api/v1/ingest and gRPC Ingest");
+        inputs.spawn(source::ingest::serve(
+            l,
+            sink.clone(),
+            cfg.ingest_max_body,
+            stop_inputs.clone(),
+        ));
+    }
+    for s in sources {
+        let (sink, stop, name) = (sink.clone(), stop_inputs.clone(), s.name());
+        inputs.spawn(async move {
+            if let Err(e) = s.run(sink, stop).await {
+                tracing::error!(source = %name, error = %e, "source failed");
+            }
+        });
+    }
+    drop(sink);
+    inputs.close();
+    if cfg.finite() {
+        tokio::select! {
+            _ = inputs.wait() => {}
+            _ = shutdown.cancelled() => {}
+        }
+    } else {
+        shutdown.cancelled().await;
+    }
+    // Stop taking input; publish what is buffered; give up only after the grace period.
+    stop_inputs.cancel();
+    inputs.wait().await;
+    flow.close();
+    if tokio::time::timeout(cfg.runtime.shutdown_grace, flow.wait())
+        .await
+        .is_err()
+    {
+        give_up.cancel();
+        flow.wait().await;
+    }
+    stop_helpers.cancel();
+    telemetry::shutdown::drain(&tracker, cfg.runtime.shutdown_grace).await;
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! From records to etcd: identity, source-side dedupe, the token bucket, batching into
+//! messages, and publishing with retries.
+//!
+//! ```text
+//! sources ─▶ [bounded channel] ─▶ batcher ─▶ [bounded channel of Txn groups] ─▶ publishers ─▶ etcd
+//! ```
+//! Both channels are bounded, so when etcd is slow or down the sources wait: nothing is dropped
+//! and memory stays flat. Publishers retry a group with jittered exponential backoff until it
+//! lands (or shutdown's grace period runs out).
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use telemetry::backoff::Backoff;
+use telemetry::proto::TelemetryRecord;
+use telemetry::queue::{envelope, plan, Encoded, Publisher, SCHEMA_VERSION};
+use telemetry::record::{assign_identity, now_nanos};
+use telemetry::throttle::TokenBucket;
+use tokio::sync::{mpsc, watch, Mutex};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::counters::Counters;
+
+/// A record timestamp meaning "stamp me with the processing time when you publish me"
+/// (`--timestamps now`). Sources read ahead into the buffer, so stamping at read time would
+/// date a record by when it was read, not when it entered the queue. Pushed records cannot
+/// carry it: validation refuses timestamps before 2000.
+pub const STAMP_AT_PUBLISH: i64 = 0;
+
+/// Remembers the idempotency keys of the last `capacity` records, to skip repeats at the
+/// source cheaply. (The collector's dedupe is the guarantee; this only saves work.)
+pub struct RecentKeys {
+    set: HashSet<u128>,
+    order: VecDeque<u128>,
+    capacity: usize,
+}
+
+impl RecentKeys {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            set: HashSet::with_capacity(capacity),
+            order: VecDeque::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    /// True if the key was seen recently; remembers it otherwise.
+    pub fn seen(&mut self, hex_key: &str) -> bool {
+        let short =
+            u128::from_str_radix(hex_key.get(..32).unwrap_or(hex_key), 16).unwrap_or_default();
+        if !self.set.insert(short) {
+            return true;
+        }
+        self.order.push_back(short);
+        if self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        false
+    }
+}
+
+pub struct Batcher {
+    pub publisher: Arc<Publisher>,
+    pub counters: Arc<Counters>,
+    pub rate: f64,
+    pub linger: Duration,
+    pub throttle: watch::Receiver<f64>,
+}
+
+impl Batcher {
+    /// Runs until the record channel closes; sends full Txn groups to `out`.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<TelemetryRecord>,
+        out: mpsc::Sender<Vec<Encoded>>,
+    ) {
+        let per_message = self.publisher.limits().records_per_message();
+        let group_size = self.publisher.limits().max_txn_ops as usize;
+        let mut bucket = TokenBucket::new(self.rate, self.rate.max(1.0));
+        let mut recent = RecentKeys::new(65_536);
+        let mut records: Vec<TelemetryRecord> = Vec::with_capacity(per_message);
+        let mut messages: Vec<Encoded> = Vec::new();
+        let mut deadline: Option<Instant> = None;
+        let mut observed = RateMeter::default();
+        loop {
+            let next = match deadline {
+                Some(d) => tokio::select! {
+                    r = rx.recv() => r.map(Some),
+                    _ = tokio::time::sleep_until(d) => Some(None),
+                },
+                None => rx.recv().await.map(Some),
+            };
+            let closed = next.is_none();
+            if let Some(Some(mut r)) = next {
+                self.pace(&mut bucket, observed.rate()).await;
+                if r.timestamp_unix_nano == STAMP_AT_PUBLISH {
+                    r.timestamp_unix_nano = now_nanos();
+                }
+                assign_identity(&mut r);
+                if recent.seen(&r.idempotency_key) {
+                    self.counters.duplicate();
+                    continue;
+                }
+                observed.tick();
+                records.push(r);
+                deadline.get_or_insert_with(|| Instant::now() + self.linger);
+                if records.len() >= per_message {
+                    messages.push(
+                        self.publisher
+                            .encode(&envelope(std::mem::take(&mut records), SCHEMA_VERSION)),
+                    );
+                }
+                if messages.len() < group_size {
+                    continue;
+                }
+            }
+            // Linger expired, a group is full, or the input ended: flush what we have.
+            if !records.is_empty() {
+                messages.push(
+                    self.publisher
+                        .encode(&envelope(std::mem::take(&mut records), SCHEMA_VERSION)),
+                );
+            }
+            deadline = None;
+            if !messages.is_empty() && out.send(std::mem::take(&mut messages)).await.is_err() {
+                return;
+            }
+            if closed {
+                return;
+            }
+        }
+    }
+
+    /// Waits for a token, at the configured rate times the backpressure factor. With no
+    /// configured rate, throttling keeps a fraction of the rate observed lately.
+    async fn pace(&mut self, bucket: &mut TokenBucket, observed: f64) {
+        loop {
+            let factor = *self.throttle.borrow_and_update();
+            if factor <= 0.0 {
+                // THROTTLE_RATE=0 pauses until the queue drains.
+                self.counters.throttled(1);
+                let _ = self.throttle.changed().await;
+                continue;
+            }
+            let base = if self.rate > 0.0 {
+                self.rate
+            } else if factor < 1.0 {
+                observed.max(1.0)
+            } else {
+                0.0
+            };
+            let want = if base == 0.0 { 0.0 } else { base * factor };
+            if (bucket.rate() - want).abs() > f64::EPSILON {
+                bucket.set_rate(want);
+            }
+            if !bucket.take(1.0).await.is_zero() {
+                self.counters.throttled(1);
+            }
+            return;
+        }
+    }
+}
+
+/// Records per second over the last full second, for throttling an unlimited stream.
+#[derive(Default)]
+struct RateMeter {
+    window_start: Option<Instant>,
+    count: u64,
+    last_rate: f64,
+}
+
+impl RateMeter {
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let start = *self.window_start.get_or_insert(now);
+        self.count += 1;
+        let elapsed = now.duration_since(start);
+        if elapsed >= Duration::from_secs(1) {
+            self.last_rate = self.count as f64 / elapsed.as_secs_f64();
+            self.count = 0;
+            self.window_start = Some(now);
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.last_rate
+    }
+}
+
+/// Publishes groups until the channel closes. Each group is retried until it lands or
+/// `give_up` fires (shutdown's grace ran out), so a record is never dropped silently.
+pub async fn publish(
+    publisher: Arc<Publisher>,
+    counters: Arc<Counters>,
+    groups: Arc<Mutex<mpsc::Receiver<Vec<Encoded>>>>,
+    give_up: CancellationToken,
+) {
+    loop {
+        let Some(msgs) = groups.lock().await.recv().await else {
+            return;
+        };
+        for group in plan(publisher.limits(), &msgs) {
+            let records: usize = group.iter().map(|m| m.records).sum();
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+            loop {
+                match publisher.put_group(group).await {
+                    Ok(()) => {
+                        counters.published(records as u64);
+                        break;
+                    }
+                    Err(e) => {
+                        counters.publish_error();
+                        let wait = backoff.next_delay();
+                        tracing::warn!(error = %e, records, retry_in = ?wait, "publish failed; holding the batch and retrying");
+                        tokio::select! {
+                            _ = give_up.cancelled() => {
+                                tracing::error!(records, "shutdown grace ran out; unpublished records remain");
+                                return;
+                            }
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_keys_forget_the_oldest() {
+        let mut r = RecentKeys::new(2);
+        let k = |c: char| c.to_string().repeat(64);
+        assert!(!r.seen(&k('a')));
+        assert!(r.seen(&k('a')));
+        assert!(!r.seen(&k('b')));
+        assert!(!r.seen(&k('c')));
+        assert!(!r.seen(&k('a')), "a was evicted when c arrived");
+    }
+}

@@ -1,0 +1,262 @@
+//! Records pushed to the streamer: `POST /api/v1/ingest` (CSV or JSON body) and the gRPC
+//! `Ingest` service, served together on `--listen`.
+//!
+//! Every pushed record is validated at the door, so the client learns at once which rows
+//! were refused and why; the valid ones go on even when others in the same body are bad.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use telemetry::dcgm_csv::{DcgmCsvReader, RowError};
+use telemetry::proto::ingest_server::{Ingest, IngestServer};
+use telemetry::proto::{IngestSummary, TelemetryRecord};
+use telemetry::record::parse_timestamp;
+use telemetry::validate::validate;
+use tokio_util::sync::CancellationToken;
+
+use super::Sink;
+
+/// At most this many reasons are returned; the counts are always complete.
+const MAX_REASONS: usize = 100;
+
+/// Answer to a push.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct IngestReport {
+    pub accepted: u64,
+    pub invalid: u64,
+    pub reasons: Vec<String>,
+}
+
+impl IngestReport {
+    fn refuse(&mut self, sink: &Sink, reason: String) {
+        sink.counters.read(1);
+        sink.counters.invalid();
+        self.invalid += 1;
+        if self.reasons.len() < MAX_REASONS {
+            self.reasons.push(reason);
+        }
+    }
+
+    async fn offer(&mut self, sink: &Sink, r: TelemetryRecord, at: &str) -> bool {
+        if let Err(reason) = validate(&r) {
+            self.refuse(sink, format!("{at}: {reason}"));
+            return true;
+        }
+        self.accepted += 1;
+        sink.send(r).await
+    }
+}
+
+/// A pushed record in JSON. Field names follow the CSV's where they differ from ours.
+#[derive(Debug, Deserialize)]
+struct JsonRecord {
+    timestamp: Option<String>,
+    timestamp_unix_nano: Option<i64>,
+    #[serde(alias = "metric_name")]
+    metric: String,
+    gpu_id: serde_json::Value,
+    #[serde(alias = "Hostname")]
+    hostname: String,
+    #[serde(default)]
+    uuid: String,
+    #[serde(default)]
+    device: String,
+    #[serde(default, alias = "modelName")]
+    model: String,
+    value: f64,
+    #[serde(default)]
+    labels: std::collections::HashMap<String, String>,
+}
+
+impl JsonRecord {
+    fn into_record(self) -> Result<TelemetryRecord, String> {
+        let timestamp_unix_nano = match (self.timestamp_unix_nano, &self.timestamp) {
+            (Some(ns), _) => ns,
+            (None, Some(t)) => parse_timestamp(t)?,
+            (None, None) => return Err("no timestamp".into()),
+        };
+        let gpu_id = match self.gpu_id {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            other => return Err(format!("gpu_id {other} is neither a string nor a number")),
+        };
+        Ok(TelemetryRecord {
+            timestamp_unix_nano,
+            metric: self.metric,
+            gpu_id,
+            hostname: self.hostname,
+            uuid: self.uuid,
+            device: self.device,
+            model: self.model,
+            value: self.value,
+            labels: self.labels,
+            ..Default::default()
+        })
+    }
+}
+
+pub fn router(sink: Sink, max_body: usize) -> Router {
+    let grpc = tonic::service::Routes::new(IngestServer::new(GrpcIngest { sink: sink.clone() }))
+        .into_axum_router();
+    Router::new()
+        .route("/api/v1/ingest", post(http_ingest))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(sink)
+        .merge(grpc)
+}
+
+fn json_error(status: StatusCode, message: String, report: Option<IngestReport>) -> Response {
+    let mut body = serde_json::json!({"success": false, "error": message, "code": status.canonical_reason().unwrap_or("ERROR").to_uppercase().replace(' ', "_")});
+    if let Some(r) = report {
+        body["accepted"] = r.accepted.into();
+        body["invalid"] = r.invalid.into();
+        body["reasons"] = serde_json::json!(r.reasons);
+    }
+    (status, Json(body)).into_response()
+}
+
+async fn http_ingest(
+    State(sink): State<Sink>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return json_error(e.status(), e.body_text(), None),
+    };
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    let mut report = IngestReport::default();
+    if is_json {
+        let items: Vec<serde_json::Value> = match serde_json::from_slice::<serde_json::Value>(&body)
+        {
+            Ok(serde_json::Value::Array(a)) => a,
+            Ok(serde_json::Value::Object(mut o)) => match o.remove("records") {
+                Some(serde_json::Value::Array(a)) => a,
+                _ => vec![serde_json::Value::Object(o)],
+            },
+            Ok(_) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "expected a JSON array of records".into(),
+                    None,
+                )
+            }
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("body is not JSON: {e}"),
+                    None,
+                )
+            }
+        };
+        for (i, item) in items.into_iter().enumerate() {
+            let at = format!("record {i}");
+            match serde_json::from_value::<JsonRecord>(item)
+                .map_err(|e| e.to_string())
+                .and_then(JsonRecord::into_record)
+            {
+                Ok(r) => {
+                    if !report.offer(&sink, r, &at).await {
+                        return json_error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the streamer is shutting down".into(),
+                            Some(report),
+                        );
+                    }
+                }
+                Err(reason) => report.refuse(&sink, format!("{at}: {reason}")),
+            }
+        }
+    } else {
+        let reader = match DcgmCsvReader::new(body.as_ref()) {
+            Ok(r) => r,
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("body is not DCGM CSV: {e}"),
+                    None,
+                )
+            }
+        };
+        for row in reader {
+            match row {
+                Ok(r) => {
+                    if !report.offer(&sink, r, "row").await {
+                        return json_error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the streamer is shutting down".into(),
+                            Some(report),
+                        );
+                    }
+                }
+                Err(e @ RowError::MissingReading { .. }) => sink.reject("ingest", &e),
+                Err(e) => report.refuse(&sink, e.to_string()),
+            }
+        }
+    }
+    if report.accepted == 0 {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "no usable record in the body".into(),
+            Some(report),
+        );
+    }
+    (StatusCode::ACCEPTED, Json(report)).into_response()
+}
+
+struct GrpcIngest {
+    sink: Sink,
+}
+
+#[tonic::async_trait]
+impl Ingest for GrpcIngest {
+    async fn push(
+        &self,
+        request: tonic::Request<tonic::Streaming<TelemetryRecord>>,
+    ) -> Result<tonic::Response<IngestSummary>, tonic::Status> {
+        let mut stream = request.into_inner();
+        let mut report = IngestReport::default();
+        let mut n = 0u64;
+        while let Some(mut r) = stream.message().await? {
+            n += 1;
+            if r.timestamp_unix_nano == 0 && !r.timestamp_text.is_empty() {
+                match parse_timestamp(&r.timestamp_text) {
+                    Ok(ts) => r.timestamp_unix_nano = ts,
+                    Err(reason) => {
+                        report.refuse(&self.sink, format!("record {n}: {reason}"));
+                        continue;
+                    }
+                }
+            }
+            if !report.offer(&self.sink, r, &format!("record {n}")).await {
+                return Err(tonic::Status::unavailable("the streamer is shutting down"));
+            }
+        }
+        Ok(tonic::Response::new(IngestSummary {
+            accepted: report.accepted,
+            invalid: report.invalid,
+            reasons: report.reasons,
+        }))
+    }
+}
+
+/// Serves the ingest endpoints until `stop` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    sink: Sink,
+    max_body: usize,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let app = router(sink, max_body);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}

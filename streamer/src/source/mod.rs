@@ -1,0 +1,73 @@
+//! Inputs of the streamer. Each is a [`Source`]: it reads records from somewhere and hands
+//! them to a [`Sink`], which counts them and applies backpressure (a full buffer makes the
+//! source wait). Adding an input means adding one file here.
+
+pub mod csv;
+pub mod dcgm;
+pub mod ingest;
+pub mod nvidia_smi;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use telemetry::dcgm_csv::RowError;
+use telemetry::proto::TelemetryRecord;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::counters::Counters;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read {path}: {reason}")]
+    Unreadable { path: String, reason: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+pub trait Source: Send + 'static {
+    /// For logs.
+    fn name(&self) -> String;
+    /// Reads until the input ends or `stop` fires.
+    fn run(
+        self: Box<Self>,
+        sink: Sink,
+        stop: CancellationToken,
+    ) -> BoxFuture<'static, Result<(), SourceError>>;
+}
+
+/// Where sources put records: a bounded channel to the publisher, plus the counters.
+#[derive(Clone)]
+pub struct Sink {
+    tx: mpsc::Sender<TelemetryRecord>,
+    pub counters: Arc<Counters>,
+}
+
+impl Sink {
+    pub fn new(tx: mpsc::Sender<TelemetryRecord>, counters: Arc<Counters>) -> Self {
+        Self { tx, counters }
+    }
+
+    /// Hands a record on, waiting while the buffer is full. False once the pipeline is gone.
+    pub async fn send(&self, r: TelemetryRecord) -> bool {
+        self.counters.read(1);
+        self.tx.send(r).await.is_ok()
+    }
+
+    /// Same as [`send`](Self::send), for sources that run on a blocking thread.
+    pub fn blocking_send(&self, r: TelemetryRecord) -> bool {
+        self.counters.read(1);
+        self.tx.blocking_send(r).is_ok()
+    }
+
+    /// Counts and logs a row that did not become a record.
+    pub fn reject(&self, source: &str, e: &RowError) {
+        self.counters.read(1);
+        match e {
+            RowError::Malformed { .. } => self.counters.csv_error(),
+            RowError::Invalid { .. } => self.counters.invalid(),
+            RowError::MissingReading { .. } => self.counters.missing(),
+        }
+        tracing::warn!(source, "{e}");
+    }
+}

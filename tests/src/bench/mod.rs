@@ -1,0 +1,109 @@
+//! The benchmark behind `make bench`: etcd's raw write ceiling, end-to-end ingest with 1 and 4
+//! collectors, publication-to-WebSocket latency, gateway query throughput, and peak memory, all
+//! measured in one run on this machine. Figures go to stdout as a table and to
+//! `bench-results/` as JSON.
+
+pub mod ceiling;
+pub mod procs;
+pub mod scenarios;
+
+use serde::Serialize;
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub etcd: String,
+    pub cluster_members: usize,
+    pub ceiling_keys_per_s: f64,
+    pub ingest: Vec<Ingest>,
+    pub latency: Option<Latency>,
+    pub query: Option<Query>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Ingest {
+    pub collectors: usize,
+    pub records: u64,
+    pub seconds: f64,
+    pub records_per_s: f64,
+    pub ratio_to_ceiling: f64,
+    pub streamer_peak_rss_mb: f64,
+    pub collector_peak_rss_mb: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub rate: f64,
+    pub frames: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub gateway_peak_rss_mb: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Query {
+    pub tool: String,
+    pub stored_records: i64,
+    pub requests_per_s: f64,
+    pub p99_ms: f64,
+}
+
+impl Report {
+    pub fn table(&self) -> String {
+        let mut t = String::new();
+        t += &format!(
+            "etcd {} ({} member{})\n",
+            self.etcd,
+            self.cluster_members,
+            if self.cluster_members == 1 { "" } else { "s" }
+        );
+        t += "| measure | figure | target |\n|---|---|---|\n";
+        t += &format!("| etcd write ceiling (Txn of 100 puts, 8 clients, 100 B keys, 300 B values) | {:.0} keys/s | baseline |\n", self.ceiling_keys_per_s);
+        for i in &self.ingest {
+            t += &format!(
+                "| ingest, {} collector{} ({} records in {:.1} s) | {:.0} records/s, {:.2} of ceiling | ≥ 30,000/s and ≥ 0.35 |\n",
+                i.collectors,
+                if i.collectors == 1 { "" } else { "s" },
+                i.records,
+                i.seconds,
+                i.records_per_s,
+                i.ratio_to_ceiling
+            );
+        }
+        if let [one, four] = &self.ingest[..] {
+            t += &format!(
+                "| 4 collectors vs 1 | {:.2}x | ≥ 1.0x |\n",
+                four.records_per_s / one.records_per_s
+            );
+        }
+        for i in &self.ingest {
+            t += &format!("| peak RSS during ingest, {} collector(s) | streamer {:.0} MB, collector {:.0} MB (largest) | ≤ 64 MB, ≤ 150 MB |\n", i.collectors, i.streamer_peak_rss_mb, i.collector_peak_rss_mb);
+        }
+        if let Some(l) = &self.latency {
+            t += &format!(
+                "| publish → WebSocket latency at {:.0} records/s ({} frames) | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms | p99 ≤ 250 ms |\n",
+                l.rate, l.frames, l.p50_ms, l.p99_ms, l.max_ms
+            );
+            t += &format!("| gateway peak RSS | {:.0} MB | |\n", l.gateway_peak_rss_mb);
+        }
+        if let Some(q) = &self.query {
+            t += &format!(
+                "| GET /api/v1/gpus/{{uuid}}/telemetry?limit=100, {} records stored ({}) | {:.0} req/s, p99 {:.1} ms | ≥ 5,000 req/s, p99 ≤ 20 ms |\n",
+                q.stored_records, q.tool, q.requests_per_s, q.p99_ms
+            );
+        }
+        for n in &self.notes {
+            t += &format!("\nnote: {n}");
+        }
+        t
+    }
+}
+
+/// The value at quantile `q` of sorted samples.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}

@@ -1,0 +1,312 @@
+//! End-to-end scenarios against release binaries: ingest, latency and queries.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use super::procs::{counter_sum, free_port, Proc};
+use super::{quantile, Ingest, Latency, Query};
+
+fn base_env(endpoints: &[String], prefix: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("ETCD_ENDPOINTS", endpoints.join(",")),
+        ("ETCD_PREFIX", prefix.to_string()),
+    ]
+}
+
+/// Writes a generated fleet of `hosts x 8 GPUs x steps x 10 metrics` records.
+pub fn generate(out: &Path, hosts: usize, steps: usize, seed: u64) -> u64 {
+    let status = std::process::Command::new(super::procs::release_binary("streamer"))
+        .args([
+            "generate",
+            "--hosts",
+            &hosts.to_string(),
+            "--gpus-per-host",
+            "8",
+            "--steps",
+            &steps.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--out",
+        ])
+        .arg(out)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("generate");
+    assert!(status.success());
+    (hosts * 8 * steps * 10) as u64
+}
+
+pub fn start_collectors(n: usize, endpoints: &[String], prefix: &str) -> (Vec<Proc>, Vec<u16>) {
+    let mut procs = Vec::new();
+    let mut ports = Vec::new();
+    for i in 0..n {
+        let port = free_port();
+        let mut env = base_env(endpoints, prefix);
+        env.push(("ADMIN_LISTEN", format!("127.0.0.1:{port}")));
+        env.push(("COLLECTOR_ID", format!("bench-{i}")));
+        procs.push(Proc::spawn("collector", &[], &env));
+        ports.push(port);
+    }
+    (procs, ports)
+}
+
+/// Publishes `csv` with the streamer and waits until the collectors have stored `records` more.
+pub async fn ingest(
+    endpoints: &[String],
+    prefix: &str,
+    csv: &Path,
+    records: u64,
+    collectors: &(Vec<Proc>, Vec<u16>),
+    ceiling: f64,
+) -> Ingest {
+    let ports = &collectors.1;
+    // Wait until every collector serves its metrics (it has connected and registered).
+    for _ in 0..200 {
+        if futures::future::join_all(
+            ports
+                .iter()
+                .map(|p| reqwest::get(format!("http://127.0.0.1:{p}/ready"))),
+        )
+        .await
+        .iter()
+        .all(|r| r.as_ref().is_ok_and(|r| r.status().is_success()))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // partitions claimed
+    let before = counter_sum(ports, "messages_processed").await
+        + counter_sum(ports, "messages_duplicated").await;
+    let started = Instant::now();
+    let mut env = base_env(endpoints, prefix);
+    env.push(("ADMIN_LISTEN", String::new()));
+    let streamer = Proc::spawn("streamer", &["--csv", csv.to_str().unwrap()], &env);
+    let pid = streamer.child.id();
+    let mut streamer_rss: f64 = 0.0;
+    let mut streamer = Some(streamer);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(s) = streamer.as_mut() {
+            streamer_rss = streamer_rss.max(super::procs::peak_rss_mb(pid));
+            if let Ok(Some(status)) = s.child.try_wait() {
+                assert!(status.success(), "streamer failed: {status}");
+                streamer = None;
+            }
+        }
+        let done = counter_sum(ports, "messages_processed").await
+            + counter_sum(ports, "messages_duplicated").await
+            - before;
+        if done >= records as f64 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "ingest did not finish: {done} of {records}"
+        );
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(s) = streamer {
+        let _ = s.child.wait_with_output();
+    }
+    let collector_rss = collectors
+        .0
+        .iter()
+        .map(|p| p.peak_rss_mb())
+        .fold(0.0, f64::max);
+    let rate = records as f64 / seconds;
+    Ingest {
+        collectors: collectors.0.len(),
+        records,
+        seconds,
+        records_per_s: rate,
+        ratio_to_ceiling: rate / ceiling,
+        streamer_peak_rss_mb: streamer_rss,
+        collector_peak_rss_mb: collector_rss,
+    }
+}
+
+/// A looping streamer at `rate` records/s; latency = WebSocket arrival − the record's timestamp
+/// (stamped when the streamer publishes it).
+pub async fn latency(
+    endpoints: &[String],
+    prefix: &str,
+    csv: &Path,
+    rate: f64,
+    secs: u64,
+) -> Latency {
+    let port = free_port();
+    let mut env = base_env(endpoints, prefix);
+    env.push(("GATEWAY_PORT", port.to_string()));
+    env.push(("RATE_LIMIT_RPS", "0".into()));
+    env.push(("WS_BUFFER", "65536".into()));
+    let gateway = Proc::spawn("gateway", &[], &env);
+    let base = format!("127.0.0.1:{port}");
+    for _ in 0..200 {
+        if reqwest::get(format!("http://{base}/ready"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{base}/api/v1/ws/telemetry"))
+        .await
+        .expect("ws connect");
+    let mut senv = base_env(endpoints, prefix);
+    senv.push(("ADMIN_LISTEN", String::new()));
+    senv.push(("STREAM_RATE", rate.to_string()));
+    let streamer = Proc::spawn(
+        "streamer",
+        &["--csv", csv.to_str().unwrap(), "--loop"],
+        &senv,
+    );
+    let warmup = Instant::now() + Duration::from_secs(2);
+    let end = warmup + Duration::from_secs(secs);
+    let mut samples = Vec::new();
+    while Instant::now() < end {
+        let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await
+        else {
+            break;
+        };
+        let now = chrono::Utc::now();
+        if Instant::now() < warmup {
+            continue;
+        }
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
+            if let Some(ts) = v["timestamp"]
+                .as_str()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            {
+                samples.push(
+                    (now - ts.with_timezone(&chrono::Utc))
+                        .num_microseconds()
+                        .unwrap_or(0) as f64
+                        / 1000.0,
+                );
+            }
+        }
+    }
+    streamer.stop();
+    let gateway_rss = gateway.peak_rss_mb();
+    gateway.stop();
+    samples.sort_by(f64::total_cmp);
+    Latency {
+        rate,
+        frames: samples.len(),
+        p50_ms: quantile(&samples, 0.5),
+        p99_ms: quantile(&samples, 0.99),
+        max_ms: samples.last().copied().unwrap_or(f64::NAN),
+        gateway_peak_rss_mb: gateway_rss,
+    }
+}
+
+/// Gateway throughput for one GPU's telemetry, driven by wrk when it is installed.
+pub async fn query(endpoints: &[String], prefix: &str, stored: i64, secs: u64) -> Query {
+    let port = free_port();
+    let mut env = base_env(endpoints, prefix);
+    env.push(("GATEWAY_PORT", port.to_string()));
+    env.push(("RATE_LIMIT_RPS", "0".into()));
+    let gateway = Proc::spawn("gateway", &[], &env);
+    let base = format!("http://127.0.0.1:{port}");
+    let mut uuid = String::new();
+    for _ in 0..400 {
+        if let Ok(r) = reqwest::get(format!("{base}/api/v1/gpus")).await {
+            let v: serde_json::Value = r.json().await.unwrap_or_default();
+            if let Some(u) = v["data"][0]["uuid"].as_str() {
+                uuid = u.to_string();
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!uuid.is_empty(), "the gateway lists no GPU");
+    let url = format!("{base}/api/v1/gpus/{uuid}/telemetry?limit=100");
+    let q = match wrk(&url, secs) {
+        Some((rps, p99)) => Query {
+            tool: "wrk -t2 -c32".into(),
+            stored_records: stored,
+            requests_per_s: rps,
+            p99_ms: p99,
+        },
+        None => builtin_load(&url, secs, stored).await,
+    };
+    gateway.stop();
+    q
+}
+
+fn wrk(url: &str, secs: u64) -> Option<(f64, f64)> {
+    let out = std::process::Command::new("wrk")
+        .args(["-t2", "-c32", &format!("-d{secs}s"), "--latency", url])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find(|l| l.starts_with("Requests/sec:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let p99 = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("99%"))?
+        .split_whitespace()
+        .nth(1)?;
+    Some((rps, parse_wrk_duration(p99)?))
+}
+
+fn parse_wrk_duration(s: &str) -> Option<f64> {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
+    let n: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => return None,
+    })
+}
+
+/// 32 concurrent keep-alive clients in this process (used when wrk is not installed).
+async fn builtin_load(url: &str, secs: u64, stored: i64) -> Query {
+    let client = reqwest::Client::new();
+    let end = Instant::now() + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.to_string());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while Instant::now() < end {
+                    let t = Instant::now();
+                    if client
+                        .get(&url)
+                        .send()
+                        .await
+                        .and_then(|r| r.error_for_status())
+                        .is_ok()
+                    {
+                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_by(f64::total_cmp);
+    Query {
+        tool: "built-in (wrk not installed)".into(),
+        stored_records: stored,
+        requests_per_s: all.len() as f64 / secs as f64,
+        p99_ms: quantile(&all, 0.99),
+    }
+}

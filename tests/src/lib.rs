@@ -1,0 +1,21 @@
+//! Test support: a real-etcd harness ([`etcd`]) and helpers that run the three services
+//! in-process ([`services`]). Used by the tests in `tests/tests/` and by the benchmark.
+
+pub mod bench;
+pub mod checks;
+pub mod etcd;
+pub mod services;
+
+pub use etcd::EtcdCluster;
+
+/// The real DCGM export the tests use (kept outside the repository, in ../shared/data).
+pub fn sample_csv() -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/dcgm_metrics_20250718_134233.csv");
+    assert!(
+        p.exists(),
+        "the sample data is missing at {}; CI and developers have ../shared beside the repository",
+        p.display()
+    );
+    p
+}

@@ -1,0 +1,332 @@
+//! The claim protocol on real etcd: fencing, dedupe, validation and dead letters.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::GetOptions;
+use pipeline_tests::checks::{checksum, csv_records, stored_records};
+use pipeline_tests::services::{
+    count, init_tracing, start_collector, stream_csv, unique_prefix, wait_until,
+};
+use pipeline_tests::{sample_csv, EtcdCluster};
+use prost::Message as _;
+use telemetry::buckets::BucketLeases;
+use telemetry::claim::Claims;
+use telemetry::config::QueueArgs;
+use telemetry::keys::Keys;
+use telemetry::proto::{QueueMessage, TelemetryRecord};
+use telemetry::queue::{envelope, Publisher};
+use telemetry::record::assign_identity;
+use telemetry::registry::{DeadLetter, InvalidEntry};
+use telemetry::store::{Claimed, Committer, Outcome};
+
+fn reading(host: &str, gpu: &str, ts: i64, value: f64) -> TelemetryRecord {
+    let mut r = TelemetryRecord {
+        hostname: host.into(),
+        gpu_id: gpu.into(),
+        uuid: format!("GPU-{host}-{gpu}"),
+        metric: "DCGM_FI_DEV_GPU_TEMP".into(),
+        timestamp_unix_nano: ts,
+        value,
+        ..Default::default()
+    };
+    assign_identity(&mut r);
+    r
+}
+
+const T0: i64 = 1_752_871_354_000_000_000;
+
+async fn publish(client: &etcd_client::Client, keys: &Keys, msg: &QueueMessage) {
+    let p = Publisher::new(
+        client.clone(),
+        keys.clone(),
+        QueueArgs {
+            partitions: 1,
+            ..Default::default()
+        },
+    );
+    let enc = p.encode(msg);
+    p.put_group(&[enc]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_whose_lease_expired_cannot_commit() {
+    init_tracing();
+    let etcd = EtcdCluster::single().await;
+    let client = etcd.client().await;
+    let prefix = unique_prefix("fence");
+    let keys = Keys::new(&prefix);
+    let records: Vec<_> = (0..10)
+        .map(|i| reading("h1", "0", T0 + i, i as f64))
+        .collect();
+    publish(&client, &keys, &envelope(records.clone(), "v1")).await;
+    let committer = Committer::new(
+        client.clone(),
+        keys.clone(),
+        Arc::new(BucketLeases::new(
+            client.clone(),
+            keys.clone(),
+            "dedupe",
+            Duration::from_secs(3600),
+        )),
+        Arc::new(BucketLeases::new(
+            client.clone(),
+            keys.clone(),
+            "retention",
+            Duration::from_secs(3600),
+        )),
+    );
+
+    // A claims partition 0 and reads the message...
+    let lease_a = client.clone().lease_grant(2, None).await.unwrap().id();
+    let a = Claims::new(client.clone(), keys.clone(), "a".into(), lease_a);
+    let fence_a = a
+        .try_claim(0)
+        .await
+        .unwrap()
+        .expect("A claims the free partition");
+    let kv = client
+        .clone()
+        .get(
+            keys.queue_partition(0),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap()
+        .kvs()[0]
+        .clone();
+    let msg = Claimed {
+        key: kv.key_str().unwrap().into(),
+        mod_revision: kv.mod_revision(),
+        message_id: String::new(),
+        schema_version: "v1".into(),
+    };
+
+    // ...then stalls until its lease expires (etcd deletes the claim) and B claims the partition.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            count(&client, &keys.owner(0)).await == 0
+        })
+        .await,
+        "the claim expires with A's lease"
+    );
+    let lease_b = client.clone().lease_grant(30, None).await.unwrap().id();
+    let b = Claims::new(client.clone(), keys.clone(), "b".into(), lease_b);
+    let fence_b = b
+        .try_claim(0)
+        .await
+        .unwrap()
+        .expect("B claims the expired partition");
+    assert_ne!(fence_a, fence_b);
+
+    // A wakes up and commits late: refused, nothing written, the message still queued.
+    let late = committer
+        .commit(fence_a, &msg, records.clone(), vec![])
+        .await
+        .unwrap();
+    assert_eq!(late, Outcome::Fenced);
+    assert_eq!(count(&client, &keys.data_root()).await, 0);
+    assert_eq!(count(&client, &keys.dedupe("")).await, 0);
+    assert_eq!(count(&client, &keys.queue_root()).await, 1);
+
+    // B commits the same message: stored once.
+    let done = committer
+        .commit(fence_b, &msg, records.clone(), vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        Outcome::Committed {
+            stored: 10,
+            duplicates: 0,
+            invalid: 0
+        }
+    );
+    assert_eq!(count(&client, &keys.data_root()).await, 10);
+    assert_eq!(count(&client, &keys.queue_root()).await, 0);
+
+    // A retries again: still refused; B retries: the message is already done.
+    assert_eq!(
+        committer
+            .commit(fence_a, &msg, records.clone(), vec![])
+            .await
+            .unwrap(),
+        Outcome::Fenced
+    );
+    assert_eq!(
+        committer
+            .commit(fence_b, &msg, records, vec![])
+            .await
+            .unwrap(),
+        Outcome::AlreadyDone
+    );
+    assert_eq!(count(&client, &keys.data_root()).await, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_csv_sent_twice_is_stored_once() {
+    init_tracing();
+    let etcd = EtcdCluster::single().await;
+    let client = etcd.client().await;
+    let prefix = unique_prefix("twice");
+    let (collector, stats) = start_collector(etcd.endpoints(), &prefix, |_| {});
+    let data = format!("{prefix}/telemetry/data/");
+
+    stream_csv(etcd.endpoints(), &prefix, &[&sample_csv()]).await;
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            count(&client, &data).await == 2470
+        })
+        .await
+    );
+    stream_csv(etcd.endpoints(), &prefix, &[&sample_csv()]).await;
+    let queue = format!("{prefix}/queue/msg/");
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            count(&client, &queue).await == 0
+        })
+        .await
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            collector::Stats::get(&stats.duplicates) == 2470
+        })
+        .await
+    );
+
+    assert_eq!(count(&client, &data).await, 2470);
+    assert_eq!(collector::Stats::get(&stats.stored), 2470);
+    assert_eq!(
+        collector::Stats::get(&stats.duplicates),
+        2470,
+        "messages_duplicated equals the rows sent again"
+    );
+    let stored = stored_records(&client, &prefix).await;
+    assert_eq!(
+        checksum(&stored),
+        checksum(&csv_records(&sample_csv())),
+        "stored content matches the file"
+    );
+    collector.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_records_are_kept_with_their_reasons_and_bad_messages_are_dead_lettered() {
+    init_tracing();
+    let etcd = EtcdCluster::single().await;
+    let client = etcd.client().await;
+    let prefix = unique_prefix("invalid");
+    let keys = Keys::new(&prefix);
+
+    // A v1beta1 message: two good records, three bad ones.
+    let legacy = |host: &str, ts: &str, value: &str| TelemetryRecord {
+        hostname: host.into(),
+        gpu_id: "1".into(),
+        metric: "DCGM_FI_DEV_POWER_USAGE".into(),
+        timestamp_text: ts.into(),
+        value_text: value.into(),
+        ..Default::default()
+    };
+    let records = vec![
+        legacy("h1", "2025-07-18T20:42:34Z", "101.5"),
+        legacy("h1", "2025-07-18T20:42:35Z", "n/a"),
+        legacy("bad/host", "2025-07-18T20:42:34Z", "1"),
+        legacy("h1", "not a time", "1"),
+        legacy("h1", "2025-07-18T20:42:36Z", "99"),
+    ];
+    publish(&client, &keys, &envelope(records, "v1beta1")).await;
+    // A message of an unknown schema: every record invalid.
+    publish(
+        &client,
+        &keys,
+        &envelope(vec![reading("h2", "0", T0, 1.0)], "v9"),
+    )
+    .await;
+    // Bytes that are no message at all.
+    client
+        .clone()
+        .put(
+            keys.queue_message(0, "01JUNKJUNKJUNKJUNKJUNKJUNK"),
+            vec![0xff, 0xff, 0x01],
+            None,
+        )
+        .await
+        .unwrap();
+
+    let (collector, stats) = start_collector(etcd.endpoints(), &prefix, |c| c.queue.partitions = 1);
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            count(&client, &keys.queue_root()).await == 0
+        })
+        .await
+    );
+
+    let invalid: Vec<InvalidEntry> = client
+        .clone()
+        .get(keys.invalid_root(), Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap()
+        .kvs()
+        .iter()
+        .map(|kv| serde_json::from_slice(kv.value()).unwrap())
+        .collect();
+    let mut reasons: Vec<&str> = invalid.iter().map(|e| e.reason.as_str()).collect();
+    reasons.sort();
+    assert_eq!(invalid.len(), 4, "{reasons:?}");
+    assert_eq!(count(&client, &keys.data_root()).await, 2);
+    assert!(reasons.iter().any(|r| r.contains("not a number")));
+    assert!(reasons.iter().any(|r| r.contains("hostname")));
+    assert!(reasons.iter().any(|r| r.contains("bad timestamp")));
+    assert!(reasons.iter().any(|r| r.contains("unknown schema version")));
+    assert_eq!(collector::Stats::get(&stats.invalid), 4);
+
+    // The undecodable message is a dead letter, with its reason; requeue puts it back.
+    let dead: Vec<DeadLetter> = collector::dlq::list(&client, &keys).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].reason.contains("undecodable"), "{}", dead[0].reason);
+    collector.shutdown().await.unwrap();
+    let requeued = collector::dlq::requeue(&client, &keys, &[]).await.unwrap();
+    assert_eq!(requeued, vec!["01JUNKJUNKJUNKJUNKJUNKJUNK".to_string()]);
+    assert_eq!(count(&client, &keys.queue_root()).await, 1);
+    assert_eq!(count(&client, &keys.dead_letters_root()).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_keeps_failing_goes_to_the_dead_letter_queue_after_max_retries() {
+    init_tracing();
+    // etcd refuses Txns with more than 16 operations; the collector is told 128 fit.
+    let etcd = EtcdCluster::start(1, &["--max-txn-ops", "16"]).await;
+    let client = etcd.client().await;
+    let prefix = unique_prefix("retries");
+    let keys = Keys::new(&prefix);
+    let records: Vec<_> = (0..20).map(|i| reading("h1", "0", T0 + i, 1.0)).collect();
+    publish(&client, &keys, &envelope(records, "v1")).await;
+    let (collector, stats) = start_collector(etcd.endpoints(), &prefix, |c| {
+        c.queue.partitions = 1;
+        c.max_retries = 3;
+    });
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            count(&client, &keys.dead_letters_root()).await == 1
+        })
+        .await
+    );
+    let dead = collector::dlq::list(&client, &keys).await.unwrap();
+    assert_eq!(dead[0].attempts, 3);
+    assert!(
+        dead[0].reason.contains("too many operations"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(count(&client, &keys.queue_root()).await, 0);
+    assert_eq!(count(&client, &keys.data_root()).await, 0);
+    assert!(collector::Stats::get(&stats.database_errors) >= 3);
+    let decoded =
+        QueueMessage::decode(hex::decode(&dead[0].payload_hex).unwrap().as_slice()).unwrap();
+    assert_eq!(
+        decoded.records.len(),
+        20,
+        "the dead letter keeps the original message"
+    );
+    collector.shutdown().await.unwrap();
+}
