@@ -35,11 +35,12 @@ lint: deps ## rustfmt check and clippy with warnings as errors
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-bench: deps ## Benchmark on a fresh single-node etcd; prints a table, writes bench-results/
+bench: ## Benchmark on a fresh single-node etcd; prints a table, writes bench-results/
+	@BENCH=1 bash .ci/deps.sh
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) run --release -q -p pipeline-tests --bin bench -- $(BENCH_ARGS)
 
-bench-cluster: deps ## The same benchmark on a 3-node local etcd cluster
+bench-cluster: ## The same benchmark on a 3-node local etcd cluster
 	$(MAKE) bench BENCH_ARGS="--cluster $(BENCH_ARGS)"
 
 demo: build ## Run etcd, a collector, the gateway and a looping streamer on generated data

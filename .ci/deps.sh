@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the build and tests need and a fresh Debian lacks: protoc (protobuf-compiler).
 # etcd comes from the etcd-bin-vendored crate (etcd 3.7); Debian's etcd-server is installed only
-# as a fallback when ETCD_FALLBACK=1 or when asked for explicitly.
+# as a fallback when ETCD_FALLBACK=1. With BENCH=1 it also installs wrk, the benchmark's HTTP
+# load tool.
 set -euo pipefail
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 if [[ "${ETCD_FALLBACK:-0}" == 1 ]] && ! command -v etcd >/dev/null 2>&1; then need+=(etcd-server); fi
+if [[ "${BENCH:-0}" == 1 ]] && ! command -v wrk >/dev/null 2>&1; then need+=(wrk); fi
 ((${#need[@]} == 0)) && exit 0
 
 echo "installing: ${need[*]}"

@@ -46,7 +46,7 @@ pub async fn run(
     let member = shared.keys.member(&shared.cfg.id);
     shared
         .client
-        .clone()
+        .kv_client()
         .put(
             member.as_str(),
             shared.cfg.id.as_str(),
@@ -106,7 +106,7 @@ async fn rebalance(
 ) -> Result<(), EtcdError> {
     let members = shared
         .client
-        .clone()
+        .kv_client()
         .get(
             shared.keys.members_root(),
             Some(GetOptions::new().with_prefix().with_count_only()),

@@ -52,7 +52,7 @@ pub async fn bury(
             TxnOp::delete(keys.attempts(&msg.message_id), None),
         ]);
     Ok(client
-        .clone()
+        .kv_client()
         .txn(txn)
         .await
         .ctx("dead-letter")?
@@ -84,7 +84,7 @@ pub async fn record_attempt(
 
 pub async fn list(client: &Client, keys: &Keys) -> Result<Vec<DeadLetter>, EtcdError> {
     let resp = client
-        .clone()
+        .kv_client()
         .get(
             keys.dead_letters_root(),
             Some(GetOptions::new().with_prefix()),
@@ -125,7 +125,13 @@ pub async fn requeue(
                 ),
                 TxnOp::delete(dead_key, None),
             ]);
-        if client.clone().txn(txn).await.ctx("requeue")?.succeeded() {
+        if client
+            .kv_client()
+            .txn(txn)
+            .await
+            .ctx("requeue")?
+            .succeeded()
+        {
             done.push(letter.message_id);
         }
     }

@@ -49,7 +49,7 @@ pub async fn run(shared: Arc<Shared>, fence: Fence, stop: CancellationToken) -> 
             .with_limit(i64::from(shared.cfg.batch_size));
         let kvs = match shared
             .client
-            .clone()
+            .kv_client()
             .get(prefix.as_str(), Some(opts))
             .await
             .ctx("read partition")

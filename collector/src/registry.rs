@@ -72,7 +72,7 @@ impl Registry {
             .collect();
         for chunk in ops.chunks(100) {
             self.client
-                .clone()
+                .kv_client()
                 .txn(Txn::new().and_then(chunk.to_vec()))
                 .await
                 .ctx("refresh GPU registry")?;

@@ -81,6 +81,15 @@ pub struct Config {
     /// Largest request body, and largest query string, in bytes.
     #[arg(long = "max-request-bytes", env = "MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
     pub max_request_bytes: usize,
+
+    /// Memory for cached telemetry pages, in MiB; 0 turns the cache off. A page is served
+    /// from it only while its GPUs have no newer write (see docs/design.md).
+    #[arg(long = "query-cache-mb", env = "QUERY_CACHE_MB", default_value_t = 64)]
+    pub query_cache_mb: u64,
+
+    /// Oldest a cached page may be: the bound on staleness should the watch fall behind.
+    #[arg(long = "query-cache-ttl", env = "QUERY_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
+    pub query_cache_ttl: Duration,
 }
 
 impl Config {

@@ -18,6 +18,8 @@ pub enum AppError {
     Unavailable(String),
     #[error("storage error: {0}")]
     Etcd(#[from] EtcdError),
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl AppError {
@@ -35,6 +37,7 @@ impl AppError {
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Self::Etcd(_) => (StatusCode::BAD_GATEWAY, "STORAGE_ERROR"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
         }
     }
 }

@@ -5,7 +5,9 @@ pub mod api;
 pub mod config;
 pub mod cursor;
 pub mod error;
+pub mod live;
 pub mod openapi;
+pub mod query_cache;
 pub mod ratelimit;
 pub mod registry_cache;
 pub mod state;
@@ -136,27 +138,32 @@ pub async fn state(
     let keys = telemetry::keys::Keys::new(&cfg.etcd.prefix);
     let registry = registry_cache::RegistryCache::default();
     let hub = ws::Hub::default();
+    let cache = query_cache::QueryCache::new(cfg.query_cache_mb * 1024 * 1024, cfg.query_cache_ttl);
     tasks.spawn(
         registry
             .clone()
             .follow(client.clone(), keys.clone(), stop.clone()),
     );
-    if cfg.ws_enabled {
-        tasks.spawn(
-            hub.clone()
-                .follow(client.clone(), keys.clone(), stop.clone()),
-        );
+    if cfg.ws_enabled || cache.enabled() {
+        tasks.spawn(live::follow(
+            hub.clone(),
+            cache.clone(),
+            client.clone(),
+            keys.clone(),
+            stop.clone(),
+        ));
     }
     let limiter = ratelimit::RateLimiter::new(cfg.rate_limit_rps, cfg.rate_limit_burst);
-    Ok(AppState {
+    Ok(AppState::new(state::Shared {
         cfg: Arc::new(cfg),
         client,
         keys,
         registry,
         hub,
+        cache,
         ws_clients: Arc::default(),
         limiter,
-    })
+    }))
 }
 
 /// Serves the gateway on `listener` until `shutdown` fires, then drains.

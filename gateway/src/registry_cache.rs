@@ -75,7 +75,7 @@ impl RegistryCache {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         while !stop.is_cancelled() {
             let loaded = client
-                .clone()
+                .kv_client()
                 .get(root.as_str(), Some(GetOptions::new().with_prefix()))
                 .await;
             let resp = match loaded {

@@ -1,6 +1,6 @@
 //! The WebSocket live stream.
 //!
-//! One etcd watch per gateway ([`Hub::follow`]) turns every newly stored record into a JSON
+//! One etcd watch per gateway ([`crate::live::follow`]) turns every newly stored record into a JSON
 //! frame and fans it out: each client has a filter and a bounded queue (`WS_BUFFER`). A client
 //! whose queue is full loses the frame (counted), and once it has lost `WS_MAX_DROPPED` it is
 //! closed with 1008 (policy violation). The hub never waits for a client, so a slow one can
@@ -20,17 +20,13 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use futures::{SinkExt, StreamExt};
 use prost::Message as _;
 use serde::Serialize;
-use telemetry::backoff::Backoff;
-use telemetry::keys::{prefix_end, Keys};
 use telemetry::proto::TelemetryRecord;
 use telemetry::registry::TelemetryEntry;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::api::{param, Params};
 use crate::error::{status_error, AppError};
@@ -104,7 +100,7 @@ impl Hub {
         (rx, dropped)
     }
 
-    fn publish(&self, revision: i64, value: &[u8]) {
+    pub(crate) fn publish(&self, revision: i64, value: &[u8]) {
         let mut clients = self.clients.lock().unwrap();
         clients.retain(|c| !c.tx.is_closed());
         if clients.is_empty() {
@@ -118,116 +114,6 @@ impl Hub {
                 c.dropped.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("ws_frames_dropped").increment(1);
             }
-        }
-    }
-
-    /// The gateway's single watch on stored telemetry, until `stop` fires.
-    pub async fn follow(self, client: Client, keys: Keys, stop: CancellationToken) {
-        let root = keys.data_root();
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let mut next_rev = 0i64;
-        while !stop.is_cancelled() {
-            if next_rev == 0 {
-                match client
-                    .clone()
-                    .get(
-                        root.as_str(),
-                        Some(GetOptions::new().with_prefix().with_count_only()),
-                    )
-                    .await
-                {
-                    Ok(r) => next_rev = r.header().map_or(0, |h| h.revision()) + 1,
-                    Err(_) => {
-                        telemetry::shutdown::or_cancel(
-                            &stop,
-                            tokio::time::sleep(backoff.next_delay()),
-                        )
-                        .await;
-                        continue;
-                    }
-                }
-            }
-            let opts = WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(next_rev)
-                .with_filters([etcd_client::WatchFilterType::NoDelete]);
-            let Ok(mut stream) = client.clone().watch(root.as_str(), Some(opts)).await else {
-                telemetry::shutdown::or_cancel(&stop, tokio::time::sleep(backoff.next_delay()))
-                    .await;
-                continue;
-            };
-            backoff.reset();
-            loop {
-                let msg = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    m = stream.message() => m,
-                };
-                match msg {
-                    Ok(Some(resp)) if resp.canceled() => {
-                        if resp.compact_revision() > 0 {
-                            // History is gone: re-read what changed since next_rev, then watch on.
-                            tracing::info!(
-                                compact_revision = resp.compact_revision(),
-                                "live watch compacted; re-reading"
-                            );
-                            match replay(&client, &root, next_rev, |rev, v| self.publish(rev, v))
-                                .await
-                            {
-                                Ok(read_rev) => next_rev = read_rev + 1,
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "re-read after compaction failed")
-                                }
-                            }
-                        }
-                        break;
-                    }
-                    Ok(Some(resp)) => {
-                        for ev in resp.events() {
-                            if let (EventType::Put, Some(kv)) = (ev.event_type(), ev.kv()) {
-                                self.publish(kv.mod_revision(), kv.value());
-                                next_rev = next_rev.max(kv.mod_revision() + 1);
-                            }
-                        }
-                    }
-                    _ => break,
-                }
-            }
-        }
-    }
-}
-
-/// Sends everything under `root` modified at or after `since`, in revision order, and returns
-/// the revision the read saw.
-async fn replay(
-    client: &Client,
-    root: &str,
-    since: i64,
-    mut send: impl FnMut(i64, &[u8]),
-) -> Result<i64, etcd_client::Error> {
-    let end = prefix_end(root);
-    let mut from = root.as_bytes().to_vec();
-    let mut revision = 0;
-    loop {
-        let mut opts = GetOptions::new()
-            .with_range(end.clone())
-            .with_min_mod_revision(since)
-            .with_limit(1000);
-        if revision > 0 {
-            opts = opts.with_revision(revision);
-        }
-        let resp = client.clone().get(from.clone(), Some(opts)).await?;
-        revision = resp.header().map_or(revision, |h| h.revision());
-        let mut kvs: Vec<_> = resp.kvs().to_vec();
-        kvs.sort_by_key(|kv| kv.mod_revision());
-        for kv in &kvs {
-            send(kv.mod_revision(), kv.value());
-        }
-        match (resp.more(), resp.kvs().iter().map(|kv| kv.key()).max()) {
-            (true, Some(last)) => {
-                from = last.to_vec();
-                from.push(0);
-            }
-            _ => return Ok(revision),
         }
     }
 }
@@ -321,7 +207,7 @@ async fn serve_client(socket: WebSocket, s: AppState, filter: Filter, since: Opt
     let mut replayed_to = 0;
     if let Some(since) = since {
         let mut frames = Vec::new();
-        match replay(&s.client, &s.keys.data_root(), since, |rev, v| {
+        match crate::live::replay(&s.client, &s.keys.data_root(), since, |rev, v| {
             frames.extend(Frame::of(rev, v))
         })
         .await

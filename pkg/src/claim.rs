@@ -54,7 +54,12 @@ impl Claims {
                 self.owner_id.as_str(),
                 Some(PutOptions::new().with_lease(self.lease)),
             )]);
-        let resp = self.client.clone().txn(txn).await.ctx("claim partition")?;
+        let resp = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .ctx("claim partition")?;
         if !resp.succeeded() {
             return Ok(None);
         }
@@ -77,7 +82,7 @@ impl Claims {
             )])
             .and_then([TxnOp::delete(key.as_str(), None)]);
         self.client
-            .clone()
+            .kv_client()
             .txn(txn)
             .await
             .ctx("release partition")?;
@@ -94,7 +99,7 @@ impl Claims {
         let root = self.keys.owners_root();
         let resp = self
             .client
-            .clone()
+            .kv_client()
             .get(root.as_str(), Some(GetOptions::new().with_prefix()))
             .await
             .ctx("list owners")?;

@@ -97,7 +97,7 @@ impl Publisher {
             .map(|m| TxnOp::put(m.key.as_str(), m.value.clone(), None))
             .collect();
         self.client
-            .clone()
+            .kv_client()
             .txn(Txn::new().and_then(ops))
             .await
             .ctx("publish")?;
@@ -135,7 +135,7 @@ pub fn plan<'a>(limits: &QueueArgs, msgs: &'a [Encoded]) -> Vec<&'a [Encoded]> {
 pub async fn queue_depth(client: &Client, keys: &Keys) -> Result<i64, EtcdError> {
     let opts = GetOptions::new().with_prefix().with_count_only();
     Ok(client
-        .clone()
+        .kv_client()
         .get(keys.queue_root(), Some(opts))
         .await
         .ctx("queue depth")?

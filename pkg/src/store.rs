@@ -87,7 +87,7 @@ impl Committer {
             let dedupe_lease = self.dedupe.current().await?;
             let retention_lease = self.retention.current().await?;
             let txn = self.build(fence, msg, &valid, &invalid, dedupe_lease, retention_lease);
-            let resp = match self.client.clone().txn(txn).await {
+            let resp = match self.client.kv_client().txn(txn).await {
                 Ok(r) => r,
                 Err(e) if is_lease_not_found(&e) => {
                     // A bucket lease expired under us (clock jump, long pause): get fresh ones.
@@ -245,7 +245,7 @@ pub async fn scan(
         opts = opts.with_revision(revision);
     }
     let resp = client
-        .clone()
+        .kv_client()
         .get(start_key, Some(opts))
         .await
         .ctx("read telemetry")?;

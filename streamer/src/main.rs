@@ -5,11 +5,6 @@ use clap::Parser;
 use streamer::config::Command;
 use streamer::{Config, Counters, Listeners};
 
-/// mimalloc: the services allocate many small, short-lived objects (records, JSON, protobuf);
-/// glibc malloc spent a third of the gateway's CPU on them under load (see docs/performance.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cfg = Config::parse();

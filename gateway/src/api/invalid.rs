@@ -21,7 +21,7 @@ pub async fn list_invalid(
     let opts = GetOptions::new().with_prefix().with_limit(limit as i64);
     let resp = s
         .client
-        .clone()
+        .kv_client()
         .get(s.keys.invalid_root(), Some(opts))
         .await
         .ctx("list invalid records")?;

@@ -5,14 +5,17 @@
 //! every host; the hosts' ranges are merged in (time, id, host) order, which is also the
 //! order the cursor records.
 
-use axum::extract::{Path, Query, State};
-use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use telemetry::keys::key_time_of;
 use telemetry::registry::{GpuInfo, TelemetryEntry};
 use telemetry::store::scan;
 
-use super::{ok, param, Page, Params};
+use super::{ok, param, Params};
 use crate::cursor::Cursor;
 use crate::error::AppError;
 use crate::state::AppState;
@@ -55,7 +58,8 @@ fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, Ap
     .transpose()
 }
 
-/// One GPU's telemetry (by UUID or index), oldest first, with cursor pagination.
+/// One GPU's telemetry (by UUID or index), oldest first, with cursor pagination. First pages
+/// are served from the query cache while their GPUs are unchanged (see `query_cache`).
 #[utoipa::path(get, path = "/api/v1/gpus/{id}/telemetry",
     params(
         ("id" = String, Path, description = "GPU UUID, or GPU index such as 0"),
@@ -70,8 +74,9 @@ fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, Ap
 pub async fn gpu_telemetry(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
     Query(p): Query<Params>,
-) -> Result<Json<Page<TelemetryEntry>>, AppError> {
+) -> Result<Response, AppError> {
     let limit = parse_limit(param(&p, "limit"))?;
     let start = parse_time("start_time", param(&p, "start_time"))?;
     let end = parse_time("end_time", param(&p, "end_time"))?;
@@ -92,12 +97,25 @@ pub async fn gpu_telemetry(
     if targets.is_empty() {
         return Err(AppError::NotFound(format!("no GPU {id:?} has telemetry")));
     }
+    let gpu_prefixes: Vec<String> = targets
+        .iter()
+        .map(|g| s.keys.data_gpu(&g.hostname, &g.gpu_id))
+        .collect();
+    let cache_key = (cursor.is_none() && s.cache.enabled())
+        .then(|| format!("{id}?{}", raw.as_deref().unwrap_or_default()));
+    if let Some(body) = cache_key
+        .as_ref()
+        .and_then(|k| s.cache.get(k, &gpu_prefixes))
+    {
+        return Ok(json(body, "hit"));
+    }
     let lo = start.map(key_time_of).unwrap_or_default();
     let hi = end
         .map(key_time_of)
         .unwrap_or_else(|| SUFFIX_MAX.to_string());
 
     let mut revision = cursor.as_ref().map_or(0, |c| c.r);
+    let mut first_revision = None;
     let mut merged: Vec<(String, String, TelemetryEntry)> = Vec::new();
     for gpu in &targets {
         let from = match &cursor {
@@ -114,6 +132,7 @@ pub async fn gpu_telemetry(
             other => other?,
         };
         revision = rev;
+        first_revision.get_or_insert(rev);
         merged.extend(
             entries
                 .into_iter()
@@ -135,7 +154,33 @@ pub async fn gpu_telemetry(
             })
         })
         .flatten();
-    Ok(ok(merged.into_iter().map(|(_, _, e)| e).collect(), next))
+    let page = ok(merged.into_iter().map(|(_, _, e)| e).collect(), next).0;
+    let body =
+        Bytes::from(serde_json::to_vec(&page).map_err(|e| AppError::Internal(e.to_string()))?);
+    match cache_key {
+        Some(key) => {
+            // Keyed on the earliest revision read: a compaction retry may have moved later GPUs on.
+            let rev = first_revision.unwrap_or(revision);
+            s.cache.put(key, rev, gpu_prefixes, body.clone());
+            Ok(json(body, "miss"))
+        }
+        None => Ok(json(body, "off")),
+    }
+}
+
+/// A serialized JSON page, with whether it came from the query cache.
+fn json(body: Bytes, cache: &'static str) -> Response {
+    (
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (
+                HeaderName::from_static("x-cache"),
+                HeaderValue::from_static(cache),
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// Up to `want` entries of one GPU with key suffix in `[from, to)`, filtered by metric.

@@ -1,4 +1,4 @@
-//! End-to-end scenarios against release binaries: ingest, latency and queries.
+//! End-to-end scenarios against release binaries: ingest and latency.
 
 use std::path::Path;
 use std::time::Duration;
@@ -7,9 +7,9 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use super::procs::{counter_sum, free_port, Proc};
-use super::{quantile, Ingest, Latency, Query};
+use super::{etcd_disk, quantile, Ingest, Latency};
 
-fn base_env(endpoints: &[String], prefix: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn base_env(endpoints: &[String], prefix: &str) -> Vec<(&'static str, String)> {
     vec![
         ("ETCD_ENDPOINTS", endpoints.join(",")),
         ("ETCD_PREFIX", prefix.to_string()),
@@ -166,6 +166,7 @@ pub async fn latency(
         &senv,
     );
     let warmup = Instant::now() + Duration::from_secs(2);
+    let mut disk_before = None;
     let end = warmup + Duration::from_secs(secs);
     let mut samples = Vec::new();
     while Instant::now() < end {
@@ -176,6 +177,9 @@ pub async fn latency(
         let now = chrono::Utc::now();
         if Instant::now() < warmup {
             continue;
+        }
+        if disk_before.is_none() {
+            disk_before = Some(etcd_disk::snapshot(&endpoints[0]).await);
         }
         if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
             let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
@@ -192,6 +196,7 @@ pub async fn latency(
             }
         }
     }
+    let disk_after = etcd_disk::snapshot(&endpoints[0]).await;
     streamer.stop();
     let gateway_rss = gateway.peak_rss_mb();
     gateway.stop();
@@ -203,110 +208,6 @@ pub async fn latency(
         p99_ms: quantile(&samples, 0.99),
         max_ms: samples.last().copied().unwrap_or(f64::NAN),
         gateway_peak_rss_mb: gateway_rss,
-    }
-}
-
-/// Gateway throughput for one GPU's telemetry, driven by wrk when it is installed.
-pub async fn query(endpoints: &[String], prefix: &str, stored: i64, secs: u64) -> Query {
-    let port = free_port();
-    let mut env = base_env(endpoints, prefix);
-    env.push(("GATEWAY_PORT", port.to_string()));
-    env.push(("RATE_LIMIT_RPS", "0".into()));
-    let gateway = Proc::spawn("gateway", &[], &env);
-    let base = format!("http://127.0.0.1:{port}");
-    let mut uuid = String::new();
-    for _ in 0..400 {
-        if let Ok(r) = reqwest::get(format!("{base}/api/v1/gpus")).await {
-            let v: serde_json::Value = r.json().await.unwrap_or_default();
-            if let Some(u) = v["data"][0]["uuid"].as_str() {
-                uuid = u.to_string();
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(!uuid.is_empty(), "the gateway lists no GPU");
-    let url = format!("{base}/api/v1/gpus/{uuid}/telemetry?limit=100");
-    let q = match wrk(&url, secs) {
-        Some((rps, p99)) => Query {
-            tool: "wrk -t2 -c32".into(),
-            stored_records: stored,
-            requests_per_s: rps,
-            p99_ms: p99,
-        },
-        None => builtin_load(&url, secs, stored).await,
-    };
-    gateway.stop();
-    q
-}
-
-fn wrk(url: &str, secs: u64) -> Option<(f64, f64)> {
-    let out = std::process::Command::new("wrk")
-        .args(["-t2", "-c32", &format!("-d{secs}s"), "--latency", url])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text
-        .lines()
-        .find(|l| l.starts_with("Requests/sec:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    let p99 = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("99%"))?
-        .split_whitespace()
-        .nth(1)?;
-    Some((rps, parse_wrk_duration(p99)?))
-}
-
-fn parse_wrk_duration(s: &str) -> Option<f64> {
-    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
-    let n: f64 = num.parse().ok()?;
-    Some(match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        "m" => n * 60_000.0,
-        _ => return None,
-    })
-}
-
-/// 32 concurrent keep-alive clients in this process (used when wrk is not installed).
-async fn builtin_load(url: &str, secs: u64, stored: i64) -> Query {
-    let client = reqwest::Client::new();
-    let end = Instant::now() + Duration::from_secs(secs);
-    let tasks: Vec<_> = (0..32)
-        .map(|_| {
-            let (client, url) = (client.clone(), url.to_string());
-            tokio::spawn(async move {
-                let mut lat = Vec::new();
-                while Instant::now() < end {
-                    let t = Instant::now();
-                    if client
-                        .get(&url)
-                        .send()
-                        .await
-                        .and_then(|r| r.error_for_status())
-                        .is_ok()
-                    {
-                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                    }
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all.sort_by(f64::total_cmp);
-    Query {
-        tool: "built-in (wrk not installed)".into(),
-        stored_records: stored,
-        requests_per_s: all.len() as f64 / secs as f64,
-        p99_ms: quantile(&all, 0.99),
+        etcd_disk: etcd_disk::stalls(&disk_before.unwrap_or_default(), &disk_after),
     }
 }
