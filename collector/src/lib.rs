@@ -35,7 +35,7 @@ pub struct Shared {
     pub registry: registry::Registry,
     pub stats: Arc<Stats>,
     pub permits: Semaphore,
-    /// One wake-up per partition, rung by the queue watch.
+    /// One wake-up per partition, rung by that partition's watch (see `watcher`).
     pub wakeups: Vec<Arc<Notify>>,
 }
 
@@ -102,7 +102,6 @@ pub async fn run(
         client: client.clone(),
         cfg,
     });
-    tracker.spawn(watcher::run(shared.clone(), shutdown.clone()));
     tracker.spawn(sample_queue_depth(shared.clone(), shutdown.clone()));
 
     // One lease at a time; a lost lease stops every worker, then we start over with a new one.

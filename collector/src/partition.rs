@@ -37,6 +37,14 @@ enum Step {
 pub async fn run(shared: Arc<Shared>, fence: Fence, stop: CancellationToken) -> Exit {
     let prefix = shared.keys.queue_partition(fence.partition);
     let wake = shared.wakeups[fence.partition as usize].clone();
+    let watch_stop = stop.child_token();
+    let _stop_watch_on_exit = watch_stop.clone().drop_guard();
+    tokio::spawn(crate::watcher::run(
+        shared.clone(),
+        fence.partition,
+        wake.clone(),
+        watch_stop,
+    ));
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         if stop.is_cancelled() {

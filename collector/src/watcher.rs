@@ -1,36 +1,45 @@
-//! Wakes partition workers as soon as a message lands in their partition.
+//! Wakes a partition worker as soon as a message lands in its partition.
 //!
-//! One watch per collector over the whole queue. When etcd cancels the watch (compaction, a
-//! leader change, a broken stream), the watcher wakes every worker, and each re-reads its
-//! partition from etcd, so nothing is missed; then it watches again from the current revision.
-//! The workers' periodic rescan covers the time a watch is down.
+//! Each owned partition has its own watch, started and stopped with its worker. A collector
+//! therefore receives only its own partitions' messages: a watch over the whole queue would
+//! deliver every message's full value to every collector, so four collectors would make etcd
+//! send four times the queue's bytes. When etcd cancels the watch (compaction, a leader change,
+//! a broken stream) or a new one starts, the worker is woken and re-reads its partition from
+//! etcd, so nothing is missed; the worker's periodic rescan covers the time a watch is down.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{EventType, WatchOptions};
 use telemetry::backoff::Backoff;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 
-pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let root = shared.keys.queue_root();
+/// Watches `partition` and rings `wake` until `stop` fires.
+pub async fn run(shared: Arc<Shared>, partition: u16, wake: Arc<Notify>, stop: CancellationToken) {
+    let prefix = shared.keys.queue_partition(partition);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     while !stop.is_cancelled() {
         let opts = WatchOptions::new()
             .with_prefix()
             .with_filters([etcd_client::WatchFilterType::NoDelete]);
-        let mut stream = match shared.client.clone().watch(root.as_str(), Some(opts)).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "queue watch failed to start");
-                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(backoff.next_delay()) => {} }
-                continue;
-            }
+        let mut client = shared.client.watch_client();
+        let watch = client.watch(prefix.as_str(), Some(opts));
+        let mut stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            w = watch => match w {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(partition, error = %e, "partition watch failed to start");
+                    telemetry::shutdown::or_cancel(&stop, tokio::time::sleep(backoff.next_delay()))
+                        .await;
+                    continue;
+                }
+            },
         };
         backoff.reset();
-        wake_all(&shared);
         loop {
             let msg = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -39,33 +48,27 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             match msg {
                 Ok(Some(resp)) if resp.canceled() => {
                     tracing::info!(
+                        partition,
                         compact_revision = resp.compact_revision(),
                         reason = resp.cancel_reason(),
-                        "queue watch cancelled; re-reading"
+                        "partition watch cancelled; re-reading"
                     );
                     break;
                 }
                 Ok(Some(resp)) => {
-                    for ev in resp.events() {
-                        if ev.event_type() != EventType::Put {
-                            continue;
-                        }
-                        let p = ev
-                            .kv()
-                            .and_then(|kv| shared.keys.partition_of(kv.key_str().ok()?));
-                        if let Some(n) = shared.wakeups.get(p.unwrap_or(u16::MAX) as usize) {
-                            n.notify_one();
-                        }
+                    // `created`: the watch now sees every later put; anything put before it
+                    // is found by the re-read this wake-up causes.
+                    if resp.created()
+                        || resp
+                            .events()
+                            .iter()
+                            .any(|e| e.event_type() == EventType::Put)
+                    {
+                        wake.notify_one();
                     }
                 }
                 _ => break,
             }
         }
-    }
-}
-
-fn wake_all(shared: &Shared) {
-    for n in shared.wakeups.iter() {
-        n.notify_one();
     }
 }
