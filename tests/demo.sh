@@ -24,6 +24,8 @@ if [[ ! -f "$demo/fleet.csv" ]]; then
   bin/streamer generate --hosts 8 --gpus-per-host 8 --steps 30 --interval 10s --out "$demo/fleet.csv"
 fi
 
+# Each process runs in its own session (setsid), so Ctrl-C reaches only this script, which then
+# stops them newest first: the streamer drains into a live etcd, and etcd goes last.
 pids=()
 cleanup() {
   trap - INT TERM EXIT
@@ -31,9 +33,10 @@ cleanup() {
   for ((i=${#pids[@]}-1; i>=0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; wait "${pids[$i]}" 2>/dev/null || true; done
   echo "stopped. Logs are in $demo/logs."
 }
-trap cleanup INT TERM EXIT
+trap 'cleanup; exit 0' INT TERM
+trap cleanup EXIT
 
-"$etcd_bin" --name demo --data-dir "$demo/etcd" \
+setsid "$etcd_bin" --name demo --data-dir "$demo/etcd" \
   --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
   --listen-peer-urls "http://127.0.0.1:$((etcd_port + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((etcd_port + 1))" \
   --initial-cluster "demo=http://127.0.0.1:$((etcd_port + 1))" \
@@ -44,12 +47,12 @@ export ETCD_ENDPOINTS="127.0.0.1:$etcd_port"
 for _ in $(seq 100); do port_free "$etcd_port" || break; sleep 0.1; done
 
 TELEMETRY_RETENTION=${TELEMETRY_RETENTION:-2h} DEDUPE_WINDOW=${DEDUPE_WINDOW:-1h} ADMIN_LISTEN=127.0.0.1:9102 \
-  bin/collector >"$demo/logs/collector.log" 2>&1 &
+  setsid bin/collector >"$demo/logs/collector.log" 2>&1 &
 pids+=($!)
-GATEWAY_PORT=$gw_port bin/gateway >"$demo/logs/gateway.log" 2>&1 &
+GATEWAY_PORT=$gw_port setsid bin/gateway >"$demo/logs/gateway.log" 2>&1 &
 pids+=($!)
 STREAM_RATE=${STREAM_RATE:-200} ADMIN_LISTEN=127.0.0.1:9101 \
-  bin/streamer --csv "$demo/fleet.csv" --loop >"$demo/logs/streamer.log" 2>&1 &
+  setsid bin/streamer --csv "$demo/fleet.csv" --loop >"$demo/logs/streamer.log" 2>&1 &
 pids+=($!)
 
 cat <<TXT
@@ -66,4 +69,4 @@ Try, from another terminal:
 Ctrl-C stops everything.
 TXT
 wait -n "${pids[@]}" || true
-echo "a process exited; see $demo/logs"
+echo "a process exited on its own; see $demo/logs"

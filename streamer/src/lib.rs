@@ -128,6 +128,9 @@ pub async fn run(
             give_up.clone(),
         ));
     }
+    // Only the publishers hold the receiver: once they have all given up, the batcher's next
+    // hand-over fails and the pipeline unwinds instead of waiting on a channel nobody reads.
+    drop(group_rx);
 
     let sink = Sink::new(tx, counters.clone());
     let inputs = TaskTracker::new();
@@ -159,16 +162,22 @@ pub async fn run(
     } else {
         shutdown.cancelled().await;
     }
-    // Stop taking input; publish what is buffered; give up only after the grace period.
+    // Stop taking input; publish what is buffered; give up only after the grace period. The
+    // grace covers the sources too: with etcd gone the buffer stays full, and a source can be
+    // stuck handing over its last record until the publishers give up and the pipeline closes.
     stop_inputs.cancel();
-    inputs.wait().await;
     flow.close();
-    if tokio::time::timeout(cfg.runtime.shutdown_grace, flow.wait())
+    let drained = async {
+        inputs.wait().await;
+        flow.wait().await;
+    };
+    if tokio::time::timeout(cfg.runtime.shutdown_grace, drained)
         .await
         .is_err()
     {
         give_up.cancel();
         flow.wait().await;
+        inputs.wait().await;
     }
     stop_helpers.cancel();
     telemetry::shutdown::drain(&tracker, cfg.runtime.shutdown_grace).await;

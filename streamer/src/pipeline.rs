@@ -207,7 +207,16 @@ pub async fn publish(
             let records: usize = group.iter().map(|m| m.records).sum();
             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
             loop {
-                match publisher.put_group(group).await {
+                // A request to an unreachable etcd can wait for a connection indefinitely, so
+                // the grace deadline must cut the request itself, not only the backoff sleep.
+                let attempt = tokio::select! {
+                    r = publisher.put_group(group) => r,
+                    _ = give_up.cancelled() => {
+                        tracing::error!(records, "shutdown grace ran out; unpublished records remain");
+                        return;
+                    }
+                };
+                match attempt {
                     Ok(()) => {
                         counters.published(records as u64);
                         break;

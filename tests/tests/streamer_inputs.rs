@@ -430,6 +430,59 @@ async fn publishing_waits_through_an_etcd_restart_and_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_etcd_gone_ends_when_the_grace_period_does() {
+    init_tracing();
+    let mut etcd = EtcdCluster::single().await;
+    let prefix = unique_prefix("grace");
+    let mut cfg = Config::for_tests(etcd.endpoints(), &prefix);
+    cfg.csv = vec![pipeline_tests::sample_csv()];
+    cfg.looping = true;
+    cfg.rate = 2_000.0;
+    cfg.runtime.shutdown_grace = Duration::from_secs(1);
+    cfg.buffer = 64;
+    let s = start_streamer(cfg, false).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            Counters::get(&s.counters.published) >= 500
+        })
+        .await
+    );
+    etcd.kill(0);
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            Counters::get(&s.counters.publish_errors) > 0
+        })
+        .await,
+        "publishing never noticed that etcd is gone"
+    );
+    // Let the small buffer fill, so the CSV source is blocked handing over a record.
+    let read = Counters::get(&s.counters.read);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            let now = Counters::get(&s.counters.read);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            now > read && Counters::get(&s.counters.read) == now
+        })
+        .await,
+        "the source never stalled on the full buffer"
+    );
+    // Buffered records cannot be published; shutdown must still end after its grace period
+    // (1 s) rather than wait for etcd forever. 60 s only bounds a hang, it times nothing.
+    s.stop.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(60), s.handle).await;
+    assert!(
+        ended.is_ok(),
+        "the streamer did not stop after its grace period"
+    );
+    ended.unwrap().unwrap().unwrap();
+    assert!(
+        Counters::get(&s.counters.published) < Counters::get(&s.counters.read),
+        "the test should leave records unpublished"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_rows_are_counted_and_the_good_rows_around_them_go_through() {
     init_tracing();
     let etcd = EtcdCluster::single().await;
