@@ -103,6 +103,7 @@ pub async fn run(
     let (throttle_tx, throttle_rx) = watch::channel(1.0);
     let stop_helpers = CancellationToken::new();
     let give_up = CancellationToken::new();
+    let stop_inputs = shutdown.child_token();
 
     tokio::spawn(backpressure::run(
         cfg.clone(),
@@ -116,6 +117,7 @@ pub async fn run(
         rate: cfg.rate,
         linger: cfg.linger,
         throttle: throttle_rx,
+        draining: shutdown.clone(),
     };
     let flow = TaskTracker::new();
     flow.spawn(batcher.run(rx, group_tx));
@@ -134,7 +136,6 @@ pub async fn run(
 
     let sink = Sink::new(tx, counters.clone());
     let inputs = TaskTracker::new();
-    let stop_inputs = shutdown.child_token();
     if let Some(l) = listeners.ingest {
         tracing::info!(addr = ?l.local_addr().ok(), "serving POST /api/v1/ingest and gRPC Ingest");
         inputs.spawn(source::ingest::serve(

@@ -69,6 +69,11 @@ pub struct Batcher {
     pub rate: f64,
     pub linger: Duration,
     pub throttle: watch::Receiver<f64>,
+    /// Fires when shutdown is requested (a signal, not the end of the input). From then on,
+    /// what is buffered is published without pacing: the rate protects etcd from sustained
+    /// load, while the buffer is at most `STREAM_BUFFER` records, and pacing it at a low rate
+    /// could outlast the grace period. A one-pass run whose input simply ends stays paced.
+    pub draining: CancellationToken,
 }
 
 impl Batcher {
@@ -86,6 +91,7 @@ impl Batcher {
         let mut messages: Vec<Encoded> = Vec::new();
         let mut deadline: Option<Instant> = None;
         let mut observed = RateMeter::default();
+        let draining = self.draining.clone();
         loop {
             let next = match deadline {
                 Some(d) => tokio::select! {
@@ -96,7 +102,12 @@ impl Batcher {
             };
             let closed = next.is_none();
             if let Some(Some(mut r)) = next {
-                self.pace(&mut bucket, observed.rate()).await;
+                if !draining.is_cancelled() {
+                    tokio::select! {
+                        _ = self.pace(&mut bucket, observed.rate()) => {}
+                        _ = draining.cancelled() => {}
+                    }
+                }
                 if r.timestamp_unix_nano == STAMP_AT_PUBLISH {
                     r.timestamp_unix_nano = now_nanos();
                 }

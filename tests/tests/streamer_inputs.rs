@@ -430,6 +430,41 @@ async fn publishing_waits_through_an_etcd_restart_and_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_publishes_the_whole_buffer_without_pacing_it() {
+    init_tracing();
+    let etcd = EtcdCluster::single().await;
+    let prefix = unique_prefix("drain");
+    let mut cfg = Config::for_tests(etcd.endpoints(), &prefix);
+    cfg.csv = vec![pipeline_tests::sample_csv()];
+    cfg.looping = true;
+    // The buffer holds 40 s of records at this rate; the grace period is 10 s. Paced, the
+    // buffer could not drain in time; flushed on shutdown, it does.
+    cfg.rate = 50.0;
+    cfg.buffer = 2_000;
+    cfg.runtime.shutdown_grace = Duration::from_secs(10);
+    let s = start_streamer(cfg, false).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            Counters::get(&s.counters.read) >= 2_000
+        })
+        .await,
+        "the buffer never filled"
+    );
+    let counters = s.stop().await;
+    let (read, published) = (
+        Counters::get(&counters.read),
+        Counters::get(&counters.published),
+    );
+    assert_eq!(
+        published, read,
+        "every buffered record is published on shutdown"
+    );
+    let client = etcd.client().await;
+    let queued = count(&client, &format!("{prefix}/queue/msg/")).await;
+    assert!(queued > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_etcd_gone_ends_when_the_grace_period_does() {
     init_tracing();
     let mut etcd = EtcdCluster::single().await;
