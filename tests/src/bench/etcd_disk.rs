@@ -1,5 +1,5 @@
-//! etcd's own disk histograms, to tell a pipeline stall from a disk stall: the WAL fsync and the
-//! backend commit durations, read from etcd's `/metrics` before and after a step.
+//! etcd's own metrics around a step: the disk histograms (WAL fsync and backend commit
+//! durations), to tell a pipeline stall from a disk stall, and the bytes sent to clients.
 
 use serde::Serialize;
 
@@ -80,4 +80,20 @@ pub fn stalls(before: &(Histogram, Histogram), after: &(Histogram, Histogram)) -
         wal_fsync_max_le_ms: before.0.max_le(&after.0) * 1000.0,
         backend_commits_over_128ms: before.1.over(&after.1, 0.128),
     }
+}
+
+/// Bytes etcd has sent to its gRPC clients so far (responses and watch events).
+pub async fn grpc_sent_bytes(endpoint: &str) -> f64 {
+    let text = match reqwest::get(format!("http://{endpoint}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => return f64::NAN,
+    };
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("etcd_network_client_grpc_sent_bytes_total ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(f64::NAN)
 }

@@ -35,6 +35,8 @@ pub struct Ingest {
     pub ratio_to_ceiling: f64,
     pub streamer_peak_rss_mb: f64,
     pub collector_peak_rss_mb: f64,
+    /// What etcd sent its clients during the run (watch events included), in MB.
+    pub etcd_sent_mb: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -98,6 +100,12 @@ impl Report {
             t += &format!(
                 "| 4 collectors vs 1 | {:.2}x | ≥ 1.0x |\n",
                 four.records_per_s / one.records_per_s
+            );
+        }
+        for i in &self.ingest {
+            t += &format!(
+                "| etcd → clients during ingest, {} collector(s) | {:.0} MB | |\n",
+                i.collectors, i.etcd_sent_mb
             );
         }
         for i in &self.ingest {

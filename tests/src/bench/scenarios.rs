@@ -81,6 +81,7 @@ pub async fn ingest(
     tokio::time::sleep(Duration::from_secs(2)).await; // partitions claimed
     let before = counter_sum(ports, "messages_processed").await
         + counter_sum(ports, "messages_duplicated").await;
+    let sent_before = etcd_disk::grpc_sent_bytes(&endpoints[0]).await;
     let started = Instant::now();
     let mut env = base_env(endpoints, prefix);
     env.push(("ADMIN_LISTEN", String::new()));
@@ -109,6 +110,7 @@ pub async fn ingest(
         );
     }
     let seconds = started.elapsed().as_secs_f64();
+    let sent = etcd_disk::grpc_sent_bytes(&endpoints[0]).await - sent_before;
     if let Some(s) = streamer {
         let _ = s.child.wait_with_output();
     }
@@ -126,6 +128,7 @@ pub async fn ingest(
         ratio_to_ceiling: rate / ceiling,
         streamer_peak_rss_mb: streamer_rss,
         collector_peak_rss_mb: collector_rss,
+        etcd_sent_mb: sent / 1e6,
     }
 }
 
