@@ -4,7 +4,25 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 use telemetry::etcd::EtcdError;
+
+/// The contract's error body, fields in the contract's order.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    success: bool,
+    error: &'a str,
+    code: &'a str,
+}
+
+fn error_response(status: StatusCode, error: &str, code: &str) -> Response {
+    let body = ErrorBody {
+        success: false,
+        error,
+        code,
+    };
+    (status, Json(body)).into_response()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -48,9 +66,7 @@ impl IntoResponse for AppError {
         if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");
         }
-        let body =
-            Json(serde_json::json!({"success": false, "error": self.to_string(), "code": code}));
-        let mut resp = (status, body).into_response();
+        let mut resp = error_response(status, &self.to_string(), code);
         if let Self::RateLimited { retry_after_secs } = self {
             resp.headers_mut().insert(
                 header::RETRY_AFTER,
@@ -67,9 +83,5 @@ pub fn status_error(
     code: &'static str,
     message: impl Into<String>,
 ) -> Response {
-    (
-        status,
-        Json(serde_json::json!({"success": false, "error": message.into(), "code": code})),
-    )
-        .into_response()
+    error_response(status, &message.into(), code)
 }
