@@ -74,7 +74,7 @@ pub async fn follow(
                     for ev in resp.events() {
                         let Some(kv) = ev.kv() else { continue };
                         let rev = kv.mod_revision();
-                        if let Some(gpu) = gpu_prefix(&root, kv.key()) {
+                        if let Some(gpu) = kv.key_str().ok().and_then(|k| keys.data_gpu_of(k)) {
                             cache.saw_write(gpu, rev);
                         }
                         if ev.event_type() == EventType::Put {
@@ -88,15 +88,6 @@ pub async fn follow(
         }
         cache.watch_lost(false);
     }
-}
-
-/// `{root}{hostname}/{gpu_id}/` of a data key: what a query reads one GPU from.
-fn gpu_prefix<'a>(root: &str, key: &'a [u8]) -> Option<&'a str> {
-    let key = std::str::from_utf8(key).ok()?;
-    let rest = key.strip_prefix(root)?;
-    let host_end = rest.find('/')?;
-    let gpu_end = host_end + 1 + rest[host_end + 1..].find('/')?;
-    Some(&key[..root.len() + gpu_end + 1])
 }
 
 /// Sends everything under `root` modified at or after `since`, in revision order, and returns
@@ -132,19 +123,5 @@ pub(crate) async fn replay(
             }
             _ => return Ok(revision),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::gpu_prefix;
-
-    #[test]
-    fn gpu_prefix_of_a_data_key() {
-        let root = "/p/telemetry/data/";
-        let key = b"/p/telemetry/data/host-1/3/20250718T204234.000000000Z_01J";
-        assert_eq!(gpu_prefix(root, key), Some("/p/telemetry/data/host-1/3/"));
-        assert_eq!(gpu_prefix(root, b"/p/telemetry/data/host-1"), None);
-        assert_eq!(gpu_prefix(root, b"/other/host/0/x"), None);
     }
 }

@@ -6,6 +6,9 @@
 
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 
+/// Where stored telemetry lives, under the prefix.
+const DATA: &str = "/telemetry/data/";
+
 /// Key builder bound to one pipeline prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -32,11 +35,6 @@ impl Keys {
     }
     pub fn queue_message(&self, partition: u16, id: &str) -> String {
         format!("{}{id}", self.queue_partition(partition))
-    }
-    /// Partition number of a queue key, if it is one.
-    pub fn partition_of(&self, queue_key: &str) -> Option<u16> {
-        let rest = queue_key.strip_prefix(&self.queue_root())?;
-        rest.split('/').next()?.parse().ok()
     }
 
     /// Who owns a partition: a key under its owner's lease.
@@ -77,10 +75,19 @@ impl Keys {
     }
 
     pub fn data_root(&self) -> String {
-        format!("{}/telemetry/data/", self.prefix)
+        format!("{}{DATA}", self.prefix)
     }
     pub fn data_gpu(&self, hostname: &str, gpu_id: &str) -> String {
         format!("{}{hostname}/{gpu_id}/", self.data_root())
+    }
+    /// The inverse of [`data_gpu`](Self::data_gpu): the GPU prefix a data key sits under, if
+    /// it is one. Borrowed from the key, since the gateway's watch asks for every event.
+    pub fn data_gpu_of<'a>(&self, data_key: &'a str) -> Option<&'a str> {
+        let rest = data_key.strip_prefix(&self.prefix)?.strip_prefix(DATA)?;
+        let host_end = rest.find('/')?;
+        let gpu_end = host_end + 1 + rest[host_end + 1..].find('/')?;
+        let end = data_key.len() - rest.len() + gpu_end + 1;
+        Some(&data_key[..end])
     }
     /// `/telemetry/data/{hostname}/{gpu_id}/{timestamp}_{id}`, the contract's layout.
     pub fn data(&self, hostname: &str, gpu_id: &str, ts_nanos: i64, id: &str) -> String {
@@ -146,12 +153,21 @@ mod tests {
     }
 
     #[test]
-    fn partitions_round_trip() {
+    fn queue_keys_are_per_partition() {
         let k = Keys::new("");
-        let key = k.queue_message(7, "01J");
-        assert_eq!(key, "/queue/msg/0007/01J");
-        assert_eq!(k.partition_of(&key), Some(7));
-        assert_eq!(k.partition_of("/other/0007/01J"), None);
+        assert_eq!(k.queue_message(7, "01J"), "/queue/msg/0007/01J");
+    }
+
+    #[test]
+    fn gpu_prefix_of_a_data_key() {
+        let k = Keys::new("/p");
+        let key = k.data("host-1", "3", 1_752_871_354_000_000_000, "01J");
+        assert_eq!(
+            k.data_gpu_of(&key),
+            Some(k.data_gpu("host-1", "3").as_str())
+        );
+        assert_eq!(k.data_gpu_of("/p/telemetry/data/host-1"), None);
+        assert_eq!(k.data_gpu_of("/other/telemetry/data/host/0/x"), None);
     }
 
     #[test]

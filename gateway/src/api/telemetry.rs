@@ -12,7 +12,7 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use telemetry::keys::key_time_of;
-use telemetry::registry::{GpuInfo, TelemetryEntry};
+use telemetry::registry::TelemetryEntry;
 use telemetry::store::scan;
 
 use super::{ok, param, Params};
@@ -117,20 +117,20 @@ pub async fn gpu_telemetry(
     let mut revision = cursor.as_ref().map_or(0, |c| c.r);
     let mut first_revision = None;
     let mut merged: Vec<(String, String, TelemetryEntry)> = Vec::new();
-    for gpu in &targets {
+    for (gpu, prefix) in targets.iter().zip(&gpu_prefixes) {
         let from = match &cursor {
             Some(c) if gpu.hostname > c.h => lo.clone().max(c.s.clone()),
             Some(c) => lo.clone().max(format!("{}\0", c.s)),
             None => lo.clone(),
         };
-        let (entries, rev) = match read_gpu(&s, gpu, &from, &hi, metric, limit + 1, revision).await
-        {
-            Err(AppError::Etcd(e)) if revision > 0 && e.to_string().contains("compacted") => {
-                // The snapshot is gone; continue at the latest revision from the same position.
-                read_gpu(&s, gpu, &from, &hi, metric, limit + 1, 0).await?
-            }
-            other => other?,
-        };
+        let (entries, rev) =
+            match read_gpu(&s, prefix, &from, &hi, metric, limit + 1, revision).await {
+                Err(AppError::Etcd(e)) if revision > 0 && e.to_string().contains("compacted") => {
+                    // The snapshot is gone; continue at the latest revision from the same position.
+                    read_gpu(&s, prefix, &from, &hi, metric, limit + 1, 0).await?
+                }
+                other => other?,
+            };
         revision = rev;
         first_revision.get_or_insert(rev);
         merged.extend(
@@ -183,17 +183,17 @@ fn json(body: Bytes, cache: &'static str) -> Response {
         .into_response()
 }
 
-/// Up to `want` entries of one GPU with key suffix in `[from, to)`, filtered by metric.
+/// Up to `want` entries of one GPU (its key prefix) with key suffix in `[from, to)`, filtered
+/// by metric.
 async fn read_gpu(
     s: &AppState,
-    gpu: &GpuInfo,
+    prefix: &str,
     from: &str,
     to: &str,
     metric: Option<&str>,
     want: usize,
     mut revision: i64,
 ) -> Result<(Vec<(String, TelemetryEntry)>, i64), AppError> {
-    let prefix = s.keys.data_gpu(&gpu.hostname, &gpu.gpu_id);
     let end = format!("{prefix}{to}");
     let mut next = format!("{prefix}{from}");
     let chunk = if metric.is_some() {
