@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use etcd_client::Client;
 use telemetry::buckets::BucketLeases;
+use telemetry::dedupe::ProcessedSet;
 use telemetry::etcd::EtcdError;
 use telemetry::keys::Keys;
 use telemetry::lease::KeptLease;
@@ -78,12 +79,12 @@ pub async fn run(
     }
 
     let keys = Keys::new(&cfg.etcd.prefix);
-    let dedupe = Arc::new(BucketLeases::new(
-        client.clone(),
-        keys.clone(),
-        "dedupe",
-        cfg.dedupe_window,
-    ));
+    let processed = ProcessedSet::for_settings(&client, &keys, cfg.dedupe_window, cfg.retention);
+    if let ProcessedSet::Markers(_) = processed {
+        tracing::info!(
+            "TELEMETRY_RETENTION is shorter than DEDUPE_WINDOW: a dedupe marker is written beside every record"
+        );
+    }
     let retention = Arc::new(BucketLeases::new(
         client.clone(),
         keys.clone(),
@@ -91,7 +92,13 @@ pub async fn run(
         cfg.retention,
     ));
     let shared = Arc::new(Shared {
-        committer: Committer::new(client.clone(), keys.clone(), dedupe, retention.clone()),
+        committer: Committer::new(
+            client.clone(),
+            keys.clone(),
+            processed,
+            retention.clone(),
+            cfg.queue.max_txn_ops as usize,
+        ),
         registry: registry::Registry::new(client.clone(), keys.clone(), retention),
         permits: Semaphore::new(usize::from(cfg.workers)),
         wakeups: (0..cfg.queue.partitions)

@@ -142,24 +142,6 @@ async fn handle(shared: &Shared, fence: Fence, kv: KeyValue, stop: &Cancellation
             Err(reason) => invalid.push((r, reason)),
         }
     }
-    if valid.len() * 2 + invalid.len() + 2 > shared.cfg.queue.max_txn_ops as usize {
-        let reason = format!(
-            "{} records do not fit one commit of at most {} operations",
-            message.records.len(),
-            shared.cfg.queue.max_txn_ops
-        );
-        return bury(
-            shared,
-            fence,
-            &claimed,
-            kv.value(),
-            &reason,
-            1,
-            message.records.len(),
-        )
-        .await;
-    }
-
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     loop {
         if stop.is_cancelled() {
@@ -170,7 +152,7 @@ async fn handle(shared: &Shared, fence: Fence, kv: KeyValue, stop: &Cancellation
             Ok(()) => {
                 shared
                     .committer
-                    .commit(fence, &claimed, valid.clone(), invalid.clone())
+                    .commit(fence, &claimed, &valid, &invalid)
                     .await
             }
             Err(e) => Err(e),

@@ -64,7 +64,8 @@ impl Keys {
         format!("{}{message_id}", self.dead_letters_root())
     }
 
-    /// Processed set: one key per idempotency key, under a time-bucket lease.
+    /// Dedupe marker, under a time-bucket lease: written only when stored data expires before
+    /// the dedupe window does (otherwise the data key is the dedupe entry; see `dedupe`).
     pub fn dedupe(&self, idempotency_key: &str) -> String {
         format!("{}/dedupe/{idempotency_key}", self.prefix)
     }
@@ -89,7 +90,8 @@ impl Keys {
         let end = data_key.len() - rest.len() + gpu_end + 1;
         Some(&data_key[..end])
     }
-    /// `/telemetry/data/{hostname}/{gpu_id}/{timestamp}_{id}`, the contract's layout.
+    /// `/telemetry/data/{hostname}/{gpu_id}/{timestamp}_{id}`, the contract's layout, with the
+    /// record's idempotency key as the id: the key is then a function of the content alone.
     pub fn data(&self, hostname: &str, gpu_id: &str, ts_nanos: i64, id: &str) -> String {
         format!(
             "{}{}_{id}",

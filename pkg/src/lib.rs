@@ -12,6 +12,7 @@ pub mod buckets;
 pub mod claim;
 pub mod config;
 pub mod dcgm_csv;
+pub mod dedupe;
 pub mod etcd;
 pub mod keys;
 pub mod lease;

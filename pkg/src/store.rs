@@ -4,13 +4,16 @@
 //! 1. the owner key's create revision equals our fence: only the current owner commits;
 //! 2. the message key's mod revision equals what we read: the message is still queued and
 //!    unchanged, so no commit applies twice;
-//! 3. for each record, its dedupe key does not exist: the record has not been stored before.
+//! 3. for each record, its entry in the processed set does not exist: the content has not been
+//!    stored before. The entry is the record's own data key, which ends with its SHA-256
+//!    ([`ProcessedSet::DataKeys`]), or a separate marker when stored data expires before the
+//!    dedupe window does ([`ProcessedSet::Markers`]).
 //!
-//! On success it puts each record (under a retention bucket lease) and its dedupe marker
-//! (under a dedupe bucket lease), puts invalid records with their reasons, and deletes the
-//! message and its attempt counter. On failure the same Txn reads back the owner key, the
-//! message key and the dedupe keys, so one round trip tells which compare failed: duplicates
-//! are dropped and the Txn retried; a lost fence or a gone message ends the commit.
+//! On success it puts each record (under a retention bucket lease), and its marker if there is
+//! one, puts invalid records with their reasons, and deletes the message and its attempt
+//! counter. On failure the same Txn reads back the owner key, the message key and the
+//! processed-set entries, so one round trip tells which compare failed: duplicates are dropped
+//! and the Txn retried; a lost fence or a gone message ends the commit.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,6 +24,7 @@ use telemetry_proto::TelemetryRecord;
 
 use crate::buckets::BucketLeases;
 use crate::claim::{fence_compare, Fence};
+use crate::dedupe::ProcessedSet;
 use crate::etcd::{Context, EtcdError};
 use crate::keys::Keys;
 use crate::registry::InvalidEntry;
@@ -50,23 +54,32 @@ pub enum Outcome {
 pub struct Committer {
     client: Client,
     keys: Keys,
-    dedupe: Arc<BucketLeases>,
+    processed: ProcessedSet,
     retention: Arc<BucketLeases>,
+    max_ops: usize,
 }
 
 impl Committer {
+    /// `max_ops` is etcd's `--max-txn-ops`: a message whose commit needs more is cut into
+    /// several Txns ([`ProcessedSet::chunks`]).
     pub fn new(
         client: Client,
         keys: Keys,
-        dedupe: Arc<BucketLeases>,
+        processed: ProcessedSet,
         retention: Arc<BucketLeases>,
+        max_ops: usize,
     ) -> Self {
         Self {
             client,
             keys,
-            dedupe,
+            processed,
             retention,
+            max_ops,
         }
+    }
+
+    pub fn processed_set(&self) -> &ProcessedSet {
+        &self.processed
     }
 
     /// The retention leases, shared with other writers of stored data (the GPU registry).
@@ -79,19 +92,64 @@ impl Committer {
         &self,
         fence: Fence,
         msg: &Claimed,
-        valid: Vec<TelemetryRecord>,
-        invalid: Vec<(TelemetryRecord, String)>,
+        valid: &[TelemetryRecord],
+        invalid: &[(TelemetryRecord, String)],
     ) -> Result<Outcome, EtcdError> {
-        let (mut valid, mut duplicates) = unique_by_key(valid);
+        let (valid, mut duplicates) = unique_by_key(valid);
+        let (mut stored, mut invalid_stored) = (0, 0);
+        for chunk in self
+            .processed
+            .chunks(valid.len(), invalid.len(), self.max_ops)
+        {
+            let records = valid[chunk.valid].to_vec();
+            match self
+                .commit_chunk(fence, msg, records, &invalid[chunk.invalid], chunk.last)
+                .await?
+            {
+                Outcome::Committed {
+                    stored: s,
+                    duplicates: d,
+                    invalid: i,
+                } => {
+                    stored += s;
+                    duplicates += d;
+                    invalid_stored += i;
+                }
+                other => return Ok(other),
+            }
+        }
+        Ok(Outcome::Committed {
+            stored,
+            duplicates,
+            invalid: invalid_stored,
+        })
+    }
+
+    /// One Txn of a commit; retried without the records it finds already stored.
+    async fn commit_chunk(
+        &self,
+        fence: Fence,
+        msg: &Claimed,
+        mut valid: Vec<&TelemetryRecord>,
+        invalid: &[(TelemetryRecord, String)],
+        last: bool,
+    ) -> Result<Outcome, EtcdError> {
+        let mut duplicates = 0;
         loop {
-            let dedupe_lease = self.dedupe.current().await?;
+            let marker_lease = match &self.processed {
+                ProcessedSet::DataKeys => None,
+                ProcessedSet::Markers(leases) => Some(leases.current().await?),
+            };
             let retention_lease = self.retention.current().await?;
-            let txn = self.build(fence, msg, &valid, &invalid, dedupe_lease, retention_lease);
+            let leases = (marker_lease, retention_lease);
+            let txn = self.build(fence, msg, &valid, invalid, leases, last);
             let resp = match self.client.kv_client().txn(txn).await {
                 Ok(r) => r,
                 Err(e) if is_lease_not_found(&e) => {
                     // A bucket lease expired under us (clock jump, long pause): get fresh ones.
-                    self.dedupe.invalidate();
+                    if let ProcessedSet::Markers(leases) = &self.processed {
+                        leases.invalidate();
+                    }
                     self.retention.invalidate();
                     continue;
                 }
@@ -122,7 +180,7 @@ impl Committer {
             }
             let seen: HashSet<&[u8]> = reads[2..].iter().flatten().map(|kv| kv.key()).collect();
             let before = valid.len();
-            valid.retain(|r| !seen.contains(self.keys.dedupe(&r.idempotency_key).as_bytes()));
+            valid.retain(|r| !seen.contains(self.processed_key(r).as_bytes()));
             duplicates += before - valid.len();
             if before == valid.len() {
                 // Nothing explains the failure; let the caller retry the message from scratch.
@@ -138,10 +196,10 @@ impl Committer {
         &self,
         fence: Fence,
         msg: &Claimed,
-        valid: &[TelemetryRecord],
+        valid: &[&TelemetryRecord],
         invalid: &[(TelemetryRecord, String)],
-        dedupe_lease: i64,
-        retention_lease: i64,
+        (marker_lease, retention_lease): (Option<i64>, i64),
+        last: bool,
     ) -> Txn {
         let k = &self.keys;
         let mut compares = Vec::with_capacity(valid.len() + 2);
@@ -151,7 +209,8 @@ impl Committer {
             CompareOp::Equal,
             msg.mod_revision,
         ));
-        let mut success = Vec::with_capacity(valid.len() * 2 + invalid.len() + 2);
+        let per_record = self.processed.ops_per_record();
+        let mut success = Vec::with_capacity(valid.len() * per_record + invalid.len() + 2);
         let mut failure = Vec::with_capacity(valid.len() + 2);
         failure.push(TxnOp::get(k.owner(fence.partition), None));
         failure.push(TxnOp::get(
@@ -159,19 +218,31 @@ impl Committer {
             Some(GetOptions::new().with_keys_only()),
         ));
         let retention = Some(PutOptions::new().with_lease(retention_lease));
-        let dedupe = Some(PutOptions::new().with_lease(dedupe_lease));
+        let marker = marker_lease.map(|l| PutOptions::new().with_lease(l));
         for r in valid {
-            let dkey = k.dedupe(&r.idempotency_key);
-            let data_key = k.data(&r.hostname, &r.gpu_id, r.timestamp_unix_nano, &r.id);
-            compares.push(Compare::create_revision(dkey.as_str(), CompareOp::Equal, 0));
+            let entry = self.processed_key(r);
+            compares.push(Compare::create_revision(
+                entry.as_str(),
+                CompareOp::Equal,
+                0,
+            ));
             failure.push(TxnOp::get(
-                dkey.as_str(),
+                entry.as_str(),
                 Some(GetOptions::new().with_keys_only()),
             ));
-            // The marker's presence is the fact; an empty value keeps etcd's apply loop (the
-            // pipeline's bottleneck) and its database as light as possible.
-            success.push(TxnOp::put(dkey, Vec::new(), dedupe.clone()));
-            success.push(TxnOp::put(data_key, stored_bytes(r), retention.clone()));
+            match &marker {
+                // The marker's presence is the fact; an empty value keeps etcd's apply loop
+                // as light as possible.
+                Some(opts) => {
+                    success.push(TxnOp::put(entry, Vec::new(), Some(opts.clone())));
+                    success.push(TxnOp::put(
+                        data_key(k, r),
+                        stored_bytes(r),
+                        retention.clone(),
+                    ));
+                }
+                None => success.push(TxnOp::put(entry, stored_bytes(r), retention.clone())),
+            }
         }
         for (r, reason) in invalid {
             let entry = InvalidEntry {
@@ -187,10 +258,31 @@ impl Committer {
             let json = serde_json::to_vec(&entry).unwrap_or_default();
             success.push(TxnOp::put(k.invalid(&r.id), json, retention.clone()));
         }
-        success.push(TxnOp::delete(msg.key.as_str(), None));
-        success.push(TxnOp::delete(k.attempts(&msg.message_id), None));
+        if last {
+            success.push(TxnOp::delete(msg.key.as_str(), None));
+            success.push(TxnOp::delete(k.attempts(&msg.message_id), None));
+        }
         Txn::new().when(compares).and_then(success).or_else(failure)
     }
+
+    /// The key a record's processed-set entry lives at.
+    fn processed_key(&self, r: &TelemetryRecord) -> String {
+        match self.processed {
+            ProcessedSet::DataKeys => data_key(&self.keys, r),
+            ProcessedSet::Markers(_) => self.keys.dedupe(&r.idempotency_key),
+        }
+    }
+}
+
+/// `/telemetry/data/{host}/{gpu}/{time}_{sha256}`: every part is content, so equal content
+/// means an equal key.
+fn data_key(k: &Keys, r: &TelemetryRecord) -> String {
+    k.data(
+        &r.hostname,
+        &r.gpu_id,
+        r.timestamp_unix_nano,
+        &r.idempotency_key,
+    )
 }
 
 /// A record as stored: without its idempotency key, which is derived from the content (and is
@@ -201,23 +293,15 @@ fn stored_bytes(r: &TelemetryRecord) -> Vec<u8> {
     r.encode_to_vec()
 }
 
-/// Drops records whose idempotency key repeats within the batch (a Txn may not put one key
-/// twice) and records that share a ULID (they would share a data key).
-fn unique_by_key(records: Vec<TelemetryRecord>) -> (Vec<TelemetryRecord>, usize) {
+/// Drops records whose idempotency key repeats within the batch: they would share a data key,
+/// and a Txn may not put one key twice.
+fn unique_by_key(records: &[TelemetryRecord]) -> (Vec<&TelemetryRecord>, usize) {
     let mut keys = HashSet::new();
-    let mut ids = HashSet::new();
     let before = records.len();
-    let mut out = Vec::with_capacity(before);
-    for mut r in records {
-        if !keys.insert(r.idempotency_key.clone()) {
-            continue;
-        }
-        if !ids.insert(r.id.clone()) {
-            r.id = ulid::Ulid::new().to_string();
-            ids.insert(r.id.clone());
-        }
-        out.push(r);
-    }
+    let out: Vec<_> = records
+        .iter()
+        .filter(|r| keys.insert(r.idempotency_key.as_str()))
+        .collect();
     let dups = before - out.len();
     (out, dups)
 }
@@ -272,12 +356,10 @@ mod tests {
             id: id.into(),
             ..Default::default()
         };
-        let (out, dups) = unique_by_key(vec![r("a", "1"), r("a", "2"), r("b", "1")]);
+        let batch = [r("a", "1"), r("a", "2"), r("b", "1")];
+        let (out, dups) = unique_by_key(&batch);
         assert_eq!(dups, 1);
-        assert_eq!(out.len(), 2);
-        assert_ne!(
-            out[0].id, out[1].id,
-            "a shared ULID is replaced so data keys stay distinct"
-        );
+        let kept: Vec<&str> = out.iter().map(|r| r.idempotency_key.as_str()).collect();
+        assert_eq!(kept, ["a", "b"], "the first of a repeat is kept, in order");
     }
 }

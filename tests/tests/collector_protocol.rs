@@ -13,10 +13,11 @@ use prost::Message as _;
 use telemetry::buckets::BucketLeases;
 use telemetry::claim::Claims;
 use telemetry::config::QueueArgs;
+use telemetry::dedupe::ProcessedSet;
 use telemetry::keys::Keys;
 use telemetry::proto::{QueueMessage, TelemetryRecord};
 use telemetry::queue::{envelope, Publisher};
-use telemetry::record::assign_identity;
+use telemetry::record::{assign_identity, idempotency_key};
 use telemetry::registry::{DeadLetter, InvalidEntry};
 use telemetry::store::{Claimed, Committer, Outcome};
 
@@ -63,18 +64,14 @@ async fn a_collector_whose_lease_expired_cannot_commit() {
     let committer = Committer::new(
         client.clone(),
         keys.clone(),
-        Arc::new(BucketLeases::new(
-            client.clone(),
-            keys.clone(),
-            "dedupe",
-            Duration::from_secs(3600),
-        )),
+        ProcessedSet::DataKeys,
         Arc::new(BucketLeases::new(
             client.clone(),
             keys.clone(),
             "retention",
             Duration::from_secs(3600),
         )),
+        128,
     );
 
     // A claims partition 0 and reads the message...
@@ -121,7 +118,7 @@ async fn a_collector_whose_lease_expired_cannot_commit() {
 
     // A wakes up and commits late: refused, nothing written, the message still queued.
     let late = committer
-        .commit(fence_a, &msg, records.clone(), vec![])
+        .commit(fence_a, &msg, &records, &[])
         .await
         .unwrap();
     assert_eq!(late, Outcome::Fenced);
@@ -131,7 +128,7 @@ async fn a_collector_whose_lease_expired_cannot_commit() {
 
     // B commits the same message: stored once.
     let done = committer
-        .commit(fence_b, &msg, records.clone(), vec![])
+        .commit(fence_b, &msg, &records, &[])
         .await
         .unwrap();
     assert_eq!(
@@ -148,14 +145,14 @@ async fn a_collector_whose_lease_expired_cannot_commit() {
     // A retries again: still refused; B retries: the message is already done.
     assert_eq!(
         committer
-            .commit(fence_a, &msg, records.clone(), vec![])
+            .commit(fence_a, &msg, &records, &[])
             .await
             .unwrap(),
         Outcome::Fenced
     );
     assert_eq!(
         committer
-            .commit(fence_b, &msg, records, vec![])
+            .commit(fence_b, &msg, &records, &[])
             .await
             .unwrap(),
         Outcome::AlreadyDone
@@ -165,12 +162,30 @@ async fn a_collector_whose_lease_expired_cannot_commit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_csv_sent_twice_is_stored_once() {
+    let markers = same_csv_twice("twice", |_| {}).await;
+    assert_eq!(markers, 0, "the data keys are the processed set");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_retention_shorter_than_the_dedupe_window_markers_remember_the_hashes() {
+    let markers = same_csv_twice("markers", |c| {
+        c.retention = Duration::from_secs(3600);
+        c.dedupe_window = Duration::from_secs(86_400);
+    })
+    .await;
+    assert_eq!(markers, 2470, "one marker per stored record");
+}
+
+/// Streams the real CSV twice through one collector; checks it is stored once and that every
+/// second row counts as a duplicate; returns how many dedupe markers exist.
+async fn same_csv_twice(name: &str, tweak: impl FnOnce(&mut collector::Config)) -> i64 {
     init_tracing();
     let etcd = EtcdCluster::single().await;
     let client = etcd.client().await;
-    let prefix = unique_prefix("twice");
-    let (collector, stats) = start_collector(etcd.endpoints(), &prefix, |_| {});
-    let data = format!("{prefix}/telemetry/data/");
+    let prefix = unique_prefix(name);
+    let keys = Keys::new(&prefix);
+    let (collector, stats) = start_collector(etcd.endpoints(), &prefix, tweak);
+    let data = keys.data_root();
 
     stream_csv(etcd.endpoints(), &prefix, &[&sample_csv()]).await;
     assert!(
@@ -180,10 +195,9 @@ async fn the_same_csv_sent_twice_is_stored_once() {
         .await
     );
     stream_csv(etcd.endpoints(), &prefix, &[&sample_csv()]).await;
-    let queue = format!("{prefix}/queue/msg/");
     assert!(
         wait_until(Duration::from_secs(60), || async {
-            count(&client, &queue).await == 0
+            count(&client, &keys.queue_root()).await == 0
         })
         .await
     );
@@ -207,7 +221,21 @@ async fn the_same_csv_sent_twice_is_stored_once() {
         checksum(&csv_records(&sample_csv())),
         "stored content matches the file"
     );
+    let kvs = client
+        .clone()
+        .get(data.as_str(), Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    for kv in kvs.kvs() {
+        let r = TelemetryRecord::decode(kv.value()).unwrap();
+        let key = kv.key_str().unwrap();
+        assert!(
+            key.ends_with(&format!("_{}", idempotency_key(&r))),
+            "{key} ends with its content's SHA-256"
+        );
+    }
     collector.shutdown().await.unwrap();
+    count(&client, &keys.dedupe("")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,9 @@ struct Args {
     /// With --latency-only: first store this many generated fleets of 504,000 records.
     #[arg(long, default_value_t = 0)]
     preload: u64,
+    /// Only the ceiling and the two ingest runs (steps 1-3), for quick before/after figures.
+    #[arg(long)]
+    ingest_only: bool,
 }
 
 async fn measure_ceiling(members: usize, secs: Duration) -> f64 {
@@ -42,6 +45,7 @@ async fn main() {
         no_big_csv,
         latency_only,
         preload,
+        ingest_only,
     } = Args::parse();
     let members = if cluster { 3 } else { 1 };
     if latency_only {
@@ -121,6 +125,20 @@ async fn main() {
         )
         .await,
     );
+    if ingest_only {
+        collectors.0.into_iter().for_each(|p| p.stop());
+        drop(etcd);
+        report
+            .ceiling_samples
+            .push(measure_ceiling(members, ceiling_secs).await);
+        report.ceiling_keys_per_s =
+            report.ceiling_samples.iter().sum::<f64>() / report.ceiling_samples.len() as f64;
+        for i in &mut report.ingest {
+            i.ratio_to_ceiling = i.records_per_s / report.ceiling_keys_per_s;
+        }
+        println!("{}", report.table());
+        return;
+    }
     eprintln!("      topping up with a second fleet for the query test");
     scenarios::ingest(
         &eps,
