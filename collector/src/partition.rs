@@ -105,7 +105,7 @@ async fn handle(shared: &Shared, fence: Fence, kv: KeyValue, stop: &Cancellation
     let _permit = shared.permits.acquire().await;
     let key = kv.key_str().unwrap_or_default().to_string();
     let message_id = key.rsplit('/').next().unwrap_or_default().to_string();
-    let message = match QueueMessage::decode(kv.value()) {
+    let mut message = match QueueMessage::decode(kv.value()) {
         Ok(m) => m,
         Err(e) => {
             let claimed = Claimed {
@@ -132,11 +132,12 @@ async fn handle(shared: &Shared, fence: Fence, kv: KeyValue, stop: &Cancellation
         message_id,
         schema_version: message.schema_version.clone(),
     };
-    shared.stats.consumed(message.records.len());
+    let total = message.records.len();
+    shared.stats.consumed(total);
 
-    let mut valid = Vec::with_capacity(message.records.len());
+    let mut valid = Vec::with_capacity(total);
     let mut invalid = Vec::new();
-    for mut r in message.records.iter().cloned() {
+    for mut r in std::mem::take(&mut message.records) {
         match admit(&message.schema_version, &mut r) {
             Ok(()) => valid.push(r),
             Err(reason) => invalid.push((r, reason)),
@@ -178,15 +179,8 @@ async fn handle(shared: &Shared, fence: Fence, kv: KeyValue, stop: &Cancellation
             }
             Err(e) => {
                 shared.stats.database_error();
-                if let Some(step) = failed_attempt(
-                    shared,
-                    fence,
-                    &claimed,
-                    kv.value(),
-                    &e,
-                    message.records.len(),
-                )
-                .await
+                if let Some(step) =
+                    failed_attempt(shared, fence, &claimed, kv.value(), &e, total).await
                 {
                     return step;
                 }

@@ -23,7 +23,8 @@ pub struct Registry {
     client: Client,
     keys: Keys,
     leases: Arc<BucketLeases>,
-    written: Mutex<HashMap<(String, String), Instant>>,
+    /// When this collector last wrote each GPU's entry, by hostname then GPU index.
+    written: Mutex<HashMap<String, HashMap<String, Instant>>>,
 }
 
 impl Registry {
@@ -39,13 +40,15 @@ impl Registry {
     /// Writes the entries of GPUs in `records` that this collector has not written lately.
     pub async fn refresh(&self, records: &[TelemetryRecord]) -> Result<(), EtcdError> {
         let now = Instant::now();
-        let mut due: HashMap<(String, String), &TelemetryRecord> = HashMap::new();
+        // Borrowed keys: this runs for every record, and almost every GPU is fresh.
+        let mut due: HashMap<(&str, &str), &TelemetryRecord> = HashMap::new();
         {
             let written = self.written.lock().unwrap();
             for r in records {
-                let id = (r.hostname.clone(), r.gpu_id.clone());
+                let id = (r.hostname.as_str(), r.gpu_id.as_str());
                 let stale = written
-                    .get(&id)
+                    .get(id.0)
+                    .and_then(|gpus| gpus.get(id.1))
                     .is_none_or(|t| now.duration_since(*t) >= REFRESH);
                 let newer = due
                     .get(&id)
@@ -78,8 +81,11 @@ impl Registry {
                 .ctx("refresh GPU registry")?;
         }
         let mut written = self.written.lock().unwrap();
-        for id in due.into_keys() {
-            written.insert(id, now);
+        for (host, gpu) in due.into_keys() {
+            written
+                .entry(host.to_string())
+                .or_default()
+                .insert(gpu.to_string(), now);
         }
         Ok(())
     }
