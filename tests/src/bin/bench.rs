@@ -27,9 +27,12 @@ struct Args {
     /// With --latency-only: first store this many generated fleets of 504,000 records.
     #[arg(long, default_value_t = 0)]
     preload: u64,
-    /// Only the ceiling and the two ingest runs (steps 1-3), for quick before/after figures.
+    /// Only the ceiling and the ingest runs (steps 1-3), for quick before/after figures.
     #[arg(long)]
     ingest_only: bool,
+    /// Ingest runs per configuration (1 and 4 collectors, alternating); --quick runs one.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
 }
 
 async fn measure_ceiling(members: usize, secs: Duration) -> f64 {
@@ -46,6 +49,7 @@ async fn main() {
         latency_only,
         preload,
         ingest_only,
+        rounds,
     } = Args::parse();
     let members = if cluster { 3 } else { 1 };
     if latency_only {
@@ -91,51 +95,36 @@ async fn main() {
     let records = scenarios::generate(&fleet_a, hosts, steps, 1);
     scenarios::generate(&fleet_b, hosts, steps, 2);
 
-    eprintln!("[2/6] ingest of {records} records with 1 collector");
-    {
-        let etcd = EtcdCluster::start(members, &ETCD_ARGS).await;
-        let eps = etcd.all_endpoints();
-        let collectors = scenarios::start_collectors(1, &eps, "/bench");
-        report.ingest.push(
-            scenarios::ingest(
-                &eps,
-                "/bench",
-                &fleet_a,
-                records,
-                &collectors,
-                report.ceiling_keys_per_s,
-            )
-            .await,
-        );
-        collectors.0.into_iter().for_each(|p| p.stop());
+    // The two configurations alternate, each run on a fresh etcd, so that the drift of this
+    // machine's disk over a minute falls on both alike; the last 4-collector etcd stays up for
+    // the latency and query steps.
+    let rounds = if quick { 1 } else { rounds.max(1) };
+    let mut kept = None;
+    for round in 1..=rounds {
+        for n in [1, 4] {
+            eprintln!("[{}/6] ingest of {records} records with {n} collector(s), round {round} of {rounds}", if n == 1 { 2 } else { 3 });
+            let etcd = EtcdCluster::start(members, &ETCD_ARGS).await;
+            let eps = etcd.all_endpoints();
+            let collectors = scenarios::start_collectors(n, &eps, "/bench");
+            report.ingest.push(
+                scenarios::ingest(&eps, "/bench", &fleet_a, records, &collectors, f64::NAN).await,
+            );
+            if n == 4 && round == rounds {
+                kept = Some((etcd, eps, collectors));
+            } else {
+                collectors.0.into_iter().for_each(|p| p.stop());
+            }
+        }
     }
+    let (etcd, eps, collectors) = kept.expect("the last round ran");
 
-    eprintln!("[3/6] ingest of {records} records with 4 collectors");
-    let etcd = EtcdCluster::start(members, &ETCD_ARGS).await;
-    let eps = etcd.all_endpoints();
-    let collectors = scenarios::start_collectors(4, &eps, "/bench");
-    report.ingest.push(
-        scenarios::ingest(
-            &eps,
-            "/bench",
-            &fleet_a,
-            records,
-            &collectors,
-            report.ceiling_keys_per_s,
-        )
-        .await,
-    );
     if ingest_only {
         collectors.0.into_iter().for_each(|p| p.stop());
         drop(etcd);
         report
             .ceiling_samples
             .push(measure_ceiling(members, ceiling_secs).await);
-        report.ceiling_keys_per_s =
-            report.ceiling_samples.iter().sum::<f64>() / report.ceiling_samples.len() as f64;
-        for i in &mut report.ingest {
-            i.ratio_to_ceiling = i.records_per_s / report.ceiling_keys_per_s;
-        }
+        report.set_ceiling();
         println!("{}", report.table());
         return;
     }
@@ -176,11 +165,7 @@ async fn main() {
     report
         .ceiling_samples
         .push(measure_ceiling(members, ceiling_secs).await);
-    report.ceiling_keys_per_s =
-        report.ceiling_samples.iter().sum::<f64>() / report.ceiling_samples.len() as f64;
-    for i in &mut report.ingest {
-        i.ratio_to_ceiling = i.records_per_s / report.ceiling_keys_per_s;
-    }
+    report.set_ceiling();
 
     if !no_big_csv {
         // 100 hosts x 8 GPUs x 320 steps x 10 metrics = 2,560,000 rows, about 1.09 GB.
