@@ -158,6 +158,14 @@ impl EtcdCluster {
             .collect()
     }
 
+    /// Process ids of the running members (the benchmark reads their CPU time).
+    pub fn pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .filter_map(|m| m.child.as_ref().map(Child::id))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.members.len()
     }

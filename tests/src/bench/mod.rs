@@ -37,6 +37,9 @@ pub struct Ingest {
     pub collector_peak_rss_mb: f64,
     /// What etcd sent its clients during the run (watch events included), in MB.
     pub etcd_sent_mb: f64,
+    /// CPU time etcd (all members) and the collectors (together) spent per stored record.
+    pub etcd_cpu_us_per_record: f64,
+    pub collector_cpu_us_per_record: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -140,6 +143,11 @@ impl Report {
             t += &format!(
                 "| etcd → clients during ingest, {n} collector(s) | {:.0} MB | |\n",
                 max(|i| i.etcd_sent_mb)
+            );
+            t += &format!(
+                "| CPU per stored record, {n} collector(s) | etcd {:.1} µs, collectors {:.1} µs | |\n",
+                mean(runs.iter().map(|i| i.etcd_cpu_us_per_record)),
+                mean(runs.iter().map(|i| i.collector_cpu_us_per_record))
             );
             t += &format!(
                 "| peak RSS during ingest, {n} collector(s) | streamer {:.0} MB, collector {:.0} MB (largest) | ≤ 64 MB, ≤ 150 MB |\n",

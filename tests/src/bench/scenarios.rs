@@ -6,8 +6,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use super::procs::{counter_sum, free_port, Proc};
+use super::procs::{counter_sum, cpu_seconds, free_port, Proc};
 use super::{etcd_disk, quantile, Ingest, Latency};
+use crate::EtcdCluster;
 
 pub(crate) fn base_env(endpoints: &[String], prefix: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -55,14 +56,17 @@ pub fn start_collectors(n: usize, endpoints: &[String], prefix: &str) -> (Vec<Pr
 
 /// Publishes `csv` with the streamer and waits until the collectors have stored `records` more.
 pub async fn ingest(
-    endpoints: &[String],
+    etcd: &EtcdCluster,
     prefix: &str,
     csv: &Path,
     records: u64,
     collectors: &(Vec<Proc>, Vec<u16>),
     ceiling: f64,
 ) -> Ingest {
+    let endpoints = &etcd.all_endpoints();
     let ports = &collectors.1;
+    let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+    let collector_pids: Vec<u32> = collectors.0.iter().map(|p| p.child.id()).collect();
     // Wait until every collector serves its metrics (it has connected and registered).
     for _ in 0..200 {
         if futures::future::join_all(
@@ -82,6 +86,7 @@ pub async fn ingest(
     let before = counter_sum(ports, "messages_processed").await
         + counter_sum(ports, "messages_duplicated").await;
     let sent_before = etcd_disk::grpc_sent_bytes(&endpoints[0]).await;
+    let (etcd_cpu, collector_cpu) = (cpu(&etcd.pids()), cpu(&collector_pids));
     let started = Instant::now();
     let mut env = base_env(endpoints, prefix);
     env.push(("ADMIN_LISTEN", String::new()));
@@ -110,6 +115,8 @@ pub async fn ingest(
         );
     }
     let seconds = started.elapsed().as_secs_f64();
+    let etcd_cpu = cpu(&etcd.pids()) - etcd_cpu;
+    let collector_cpu = cpu(&collector_pids) - collector_cpu;
     let sent = etcd_disk::grpc_sent_bytes(&endpoints[0]).await - sent_before;
     if let Some(s) = streamer {
         let _ = s.child.wait_with_output();
@@ -129,6 +136,8 @@ pub async fn ingest(
         streamer_peak_rss_mb: streamer_rss,
         collector_peak_rss_mb: collector_rss,
         etcd_sent_mb: sent / 1e6,
+        etcd_cpu_us_per_record: etcd_cpu * 1e6 / records as f64,
+        collector_cpu_us_per_record: collector_cpu * 1e6 / records as f64,
     }
 }
 

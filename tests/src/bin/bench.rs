@@ -61,7 +61,7 @@ async fn main() {
         for seed in 0..preload {
             let fleet = dir.path().join("fleet.csv");
             let n = scenarios::generate(&fleet, 100, 63, 10 + seed);
-            scenarios::ingest(&eps, "/bench", &fleet, n, &collectors, f64::NAN).await;
+            scenarios::ingest(&etcd, "/bench", &fleet, n, &collectors, f64::NAN).await;
         }
         let small = dir.path().join("small.csv");
         scenarios::generate(&small, 10, 10, 3);
@@ -107,7 +107,7 @@ async fn main() {
             let eps = etcd.all_endpoints();
             let collectors = scenarios::start_collectors(n, &eps, "/bench");
             report.ingest.push(
-                scenarios::ingest(&eps, "/bench", &fleet_a, records, &collectors, f64::NAN).await,
+                scenarios::ingest(&etcd, "/bench", &fleet_a, records, &collectors, f64::NAN).await,
             );
             if n == 4 && round == rounds {
                 kept = Some((etcd, eps, collectors));
@@ -130,7 +130,7 @@ async fn main() {
     }
     eprintln!("      topping up with a second fleet for the query test");
     scenarios::ingest(
-        &eps,
+        &etcd,
         "/bench",
         &fleet_b,
         records,
