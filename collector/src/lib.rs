@@ -5,6 +5,7 @@
 pub mod assignment;
 pub mod config;
 pub mod dlq;
+pub mod inbox;
 pub mod metrics;
 pub mod partition;
 pub mod registry;
@@ -20,7 +21,7 @@ use telemetry::etcd::EtcdError;
 use telemetry::keys::Keys;
 use telemetry::lease::KeptLease;
 use telemetry::store::Committer;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -36,8 +37,6 @@ pub struct Shared {
     pub registry: registry::Registry,
     pub stats: Arc<Stats>,
     pub permits: Semaphore,
-    /// One wake-up per partition, rung by that partition's watch (see `watcher`).
-    pub wakeups: Vec<Arc<Notify>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,9 +100,6 @@ pub async fn run(
         ),
         registry: registry::Registry::new(client.clone(), keys.clone(), retention),
         permits: Semaphore::new(usize::from(cfg.workers)),
-        wakeups: (0..cfg.queue.partitions)
-            .map(|_| Arc::new(Notify::new()))
-            .collect(),
         stats,
         keys,
         client: client.clone(),

@@ -1,22 +1,24 @@
-//! Work on one owned partition: read queued messages oldest first, commit each under the
-//! fence, and wait for the watch (or the rescan timer) when the partition is empty.
+//! Work on one owned partition: take the messages its watch delivers (or a read of the
+//! partition, see `inbox`), and commit each under the fence.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{GetOptions, KeyValue};
+use etcd_client::KeyValue;
 use futures::StreamExt;
 use prost::Message as _;
 use telemetry::backoff::Backoff;
 use telemetry::claim::Fence;
-use telemetry::etcd::{Context, EtcdError};
+use telemetry::etcd::EtcdError;
 use telemetry::proto::QueueMessage;
 use telemetry::record::now_millis;
 use telemetry::store::{Claimed, Outcome};
 use telemetry::validate::admit;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::inbox::{Inbox, Next};
 use crate::{dlq, Shared};
 
 /// Why a partition worker stopped.
@@ -35,35 +37,28 @@ enum Step {
 }
 
 pub async fn run(shared: Arc<Shared>, fence: Fence, stop: CancellationToken) -> Exit {
-    let prefix = shared.keys.queue_partition(fence.partition);
-    let wake = shared.wakeups[fence.partition as usize].clone();
+    let (deliver, deliveries) = mpsc::channel(shared.cfg.batch_size as usize);
+    let reread = Arc::new(Notify::new());
     let watch_stop = stop.child_token();
     let _stop_watch_on_exit = watch_stop.clone().drop_guard();
     tokio::spawn(crate::watcher::run(
         shared.clone(),
         fence.partition,
-        wake.clone(),
+        deliver,
+        reread.clone(),
         watch_stop,
     ));
+    let mut inbox = Inbox::new(
+        shared.keys.queue_partition(fence.partition),
+        deliveries,
+        reread,
+    );
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        if stop.is_cancelled() {
-            return Exit::Stopped;
-        }
-        // Register interest before reading, so a put between the read and the wait is not missed.
-        let notified = wake.notified();
-        let opts = GetOptions::new()
-            .with_prefix()
-            .with_limit(i64::from(shared.cfg.batch_size));
-        let kvs = match shared
-            .client
-            .kv_client()
-            .get(prefix.as_str(), Some(opts))
-            .await
-            .ctx("read partition")
-        {
-            Ok(mut r) => r.take_kvs(),
-            Err(e) => {
+        let kvs = match inbox.next(&shared, &stop).await {
+            Next::Batch(kvs) => kvs,
+            Next::Stopped => return Exit::Stopped,
+            Next::ReadFailed(e) => {
                 shared.stats.database_error();
                 tracing::warn!(partition = fence.partition, error = %e, "cannot read partition; retrying");
                 sleep_or_stop(&stop, backoff.next_delay()).await;
@@ -71,14 +66,6 @@ pub async fn run(shared: Arc<Shared>, fence: Fence, stop: CancellationToken) -> 
             }
         };
         backoff.reset();
-        if kvs.is_empty() {
-            tokio::select! {
-                _ = stop.cancelled() => return Exit::Stopped,
-                _ = notified => {}
-                _ = tokio::time::sleep(shared.cfg.rescan_interval) => {}
-            }
-            continue;
-        }
         let steps: Vec<Step> = futures::stream::iter(kvs)
             .map(|kv| handle(&shared, fence, kv, &stop))
             .buffer_unordered(usize::from(shared.cfg.workers))

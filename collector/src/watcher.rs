@@ -1,24 +1,33 @@
-//! Wakes a partition worker as soon as a message lands in its partition.
+//! Delivers each message put in a partition to the partition's worker as soon as it lands.
 //!
 //! Each owned partition has its own watch, started and stopped with its worker. A collector
 //! therefore receives only its own partitions' messages: a watch over the whole queue would
 //! deliver every message's full value to every collector, so four collectors would make etcd
-//! send four times the queue's bytes. When etcd cancels the watch (compaction, a leader change,
-//! a broken stream) or a new one starts, the worker is woken and re-reads its partition from
-//! etcd, so nothing is missed; the worker's periodic rescan covers the time a watch is down.
+//! send four times the queue's bytes. Whenever deliveries alone could miss a message, the worker
+//! is told to read its partition from etcd instead (`reread`): when a watch starts (anything put
+//! before it is only found by a read), and when the worker's channel is full. When etcd cancels
+//! the watch (compaction, a leader change, a broken stream) a new one starts, so history is
+//! never needed; the worker's periodic rescan covers the time a watch is down.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{EventType, WatchOptions};
+use etcd_client::{EventType, KeyValue, WatchOptions};
 use telemetry::backoff::Backoff;
-use tokio::sync::Notify;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 
-/// Watches `partition` and rings `wake` until `stop` fires.
-pub async fn run(shared: Arc<Shared>, partition: u16, wake: Arc<Notify>, stop: CancellationToken) {
+/// Watches `partition`, delivering its new messages to `deliver`, until `stop` fires.
+pub async fn run(
+    shared: Arc<Shared>,
+    partition: u16,
+    deliver: mpsc::Sender<KeyValue>,
+    reread: Arc<Notify>,
+    stop: CancellationToken,
+) {
     let prefix = shared.keys.queue_partition(partition);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     while !stop.is_cancelled() {
@@ -56,15 +65,20 @@ pub async fn run(shared: Arc<Shared>, partition: u16, wake: Arc<Notify>, stop: C
                     break;
                 }
                 Ok(Some(resp)) => {
-                    // `created`: the watch now sees every later put; anything put before it
-                    // is found by the re-read this wake-up causes.
-                    if resp.created()
-                        || resp
-                            .events()
-                            .iter()
-                            .any(|e| e.event_type() == EventType::Put)
-                    {
-                        wake.notify_one();
+                    if resp.created() {
+                        reread.notify_one();
+                    }
+                    let puts = resp
+                        .events()
+                        .iter()
+                        .filter(|e| e.event_type() == EventType::Put);
+                    for kv in puts.filter_map(|e| e.kv()) {
+                        match deliver.try_send(kv.clone()) {
+                            Ok(()) => {}
+                            // The worker is behind: it reads the partition next, which finds this.
+                            Err(TrySendError::Full(_)) => reread.notify_one(),
+                            Err(TrySendError::Closed(_)) => return,
+                        }
                     }
                 }
                 _ => break,

@@ -358,3 +358,42 @@ async fn a_message_that_keeps_failing_goes_to_the_dead_letter_queue_after_max_re
     );
     collector.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_collector_takes_new_messages_from_its_watch_without_waiting_for_a_rescan() {
+    init_tracing();
+    let etcd = EtcdCluster::single().await;
+    let client = etcd.client().await;
+    let prefix = unique_prefix("delivered");
+    let keys = Keys::new(&prefix);
+    let (collector, stats) = start_collector(etcd.endpoints(), &prefix, |c| {
+        c.queue.partitions = 1;
+        c.rescan_interval = Duration::from_secs(600);
+    });
+    // Claimed, watching, and done with its first read of the empty partition.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            count(&client, &keys.owner(0)).await == 1
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    for batch in 0..5 {
+        let records: Vec<_> = (0..20)
+            .map(|i| reading("h1", "0", T0 + batch * 100 + i, i as f64))
+            .collect();
+        publish(&client, &keys, &envelope(records, "v1")).await;
+        let want = (batch as u64 + 1) * 20;
+        assert!(
+            wait_until(Duration::from_secs(5), || async {
+                collector::Stats::get(&stats.stored) == want
+            })
+            .await,
+            "message {batch} stored well before the 600 s rescan"
+        );
+    }
+    assert_eq!(count(&client, &keys.data_root()).await, 100);
+    assert_eq!(count(&client, &keys.queue_root()).await, 0);
+    collector.shutdown().await.unwrap();
+}

@@ -327,15 +327,17 @@ async fn backpressure_engages_when_the_queue_is_deep_and_releases_when_it_drains
     let prefix = unique_prefix("backpressure");
     let mut cfg = Config::for_tests(etcd.endpoints(), &prefix);
     cfg.csv = vec![pipeline_tests::sample_csv()];
-    cfg.rate = 3_000.0;
+    // The token bucket's burst is one second of the rate: 1,000 records (8 messages) go out at
+    // once, well past the depth limit, and the other 1,470 must wait for the throttle.
+    cfg.rate = 1_000.0;
     cfg.throttle_enabled = true;
-    cfg.throttle_max_queue_depth = 5;
+    cfg.throttle_max_queue_depth = 2;
     cfg.throttle_rate = 0.0;
     cfg.throttle_check_interval = Duration::from_millis(50);
     let s = start_streamer(cfg, false).await;
     let queue = format!("{prefix}/queue/msg/");
 
-    // No collector yet: the queue passes 5 messages and the streamer stops publishing.
+    // No collector yet: the queue passes 2 messages and the streamer stops publishing.
     assert!(
         wait_until(Duration::from_secs(20), || async {
             Counters::get(&s.counters.throttled) > 0
@@ -351,7 +353,7 @@ async fn backpressure_engages_when_the_queue_is_deep_and_releases_when_it_drains
         "nothing is published while throttled"
     );
     assert!(
-        depth_later > 5 && depth_later < 40,
+        depth_later > 2 && depth_later < 20,
         "depth stays bounded: {depth_later}"
     );
     assert!(Counters::get(&s.counters.published) < 2470);
