@@ -1,4 +1,5 @@
-//! The commit: one fenced Txn stores a message's records and removes it from the queue.
+//! The commit: one fenced Txn stores a message's records and removes it from the queue (a
+//! message larger than one Txn takes several; see [`crate::dedupe::chunks`]).
 //!
 //! Compares, each for a reason (docs/protocol.md):
 //! 1. the owner key's create revision equals our fence: only the current owner commits;
