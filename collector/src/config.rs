@@ -39,7 +39,9 @@ pub struct Config {
     #[arg(long = "processing-timeout", env = "MQ_PROCESSING_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub processing_timeout: Duration,
 
-    /// How long content hashes are remembered for deduplication.
+    /// How long content hashes are remembered for deduplication (at least). A stored record's
+    /// key holds its hash, so when TELEMETRY_RETENTION is at least this long no separate
+    /// dedupe markers are written.
     #[arg(long = "dedupe-window", env = "DEDUPE_WINDOW", default_value = "24h", value_parser = parse_duration)]
     pub dedupe_window: Duration,
 
