@@ -12,6 +12,7 @@ use telemetry::claim::Fence;
 use telemetry::etcd::EtcdError;
 use telemetry::proto::QueueMessage;
 use telemetry::record::now_millis;
+use telemetry::shutdown::or_cancel;
 use telemetry::store::{Claimed, Outcome};
 use telemetry::validate::admit;
 use tokio::sync::{mpsc, Notify};
@@ -61,7 +62,7 @@ pub async fn run(shared: Arc<Shared>, fence: Fence, stop: CancellationToken) -> 
             Next::ReadFailed(e) => {
                 shared.stats.database_error();
                 tracing::warn!(partition = fence.partition, error = %e, "cannot read partition; retrying");
-                sleep_or_stop(&stop, backoff.next_delay()).await;
+                or_cancel(&stop, tokio::time::sleep(backoff.next_delay())).await;
                 continue;
             }
         };
@@ -77,13 +78,6 @@ pub async fn run(shared: Arc<Shared>, fence: Fence, stop: CancellationToken) -> 
         if steps.iter().any(|s| matches!(s, Step::Stop)) {
             return Exit::Stopped;
         }
-    }
-}
-
-async fn sleep_or_stop(stop: &CancellationToken, d: Duration) {
-    tokio::select! {
-        _ = stop.cancelled() => {}
-        _ = tokio::time::sleep(d) => {}
     }
 }
 
@@ -173,7 +167,7 @@ async fn handle(shared: &Shared, fence: Fence, kv: KeyValue, stop: &Cancellation
                 }
                 let wait = backoff.next_delay();
                 tracing::warn!(message = %claimed.message_id, error = %e, retry_in = ?wait, "commit failed");
-                sleep_or_stop(stop, wait).await;
+                or_cancel(stop, tokio::time::sleep(wait)).await;
             }
         }
     }

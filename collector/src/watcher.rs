@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use etcd_client::{EventType, KeyValue, WatchOptions};
 use telemetry::backoff::Backoff;
+use telemetry::shutdown::or_cancel;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -36,23 +37,19 @@ pub async fn run(
             .with_filters([etcd_client::WatchFilterType::NoDelete]);
         let mut client = shared.client.watch_client();
         let watch = client.watch(prefix.as_str(), Some(opts));
-        let mut stream = tokio::select! {
-            _ = stop.cancelled() => return,
-            w = watch => match w {
-                Ok(stream) => stream,
-                Err(e) => {
-                    tracing::debug!(partition, error = %e, "partition watch failed to start");
-                    telemetry::shutdown::or_cancel(&stop, tokio::time::sleep(backoff.next_delay()))
-                        .await;
-                    continue;
-                }
-            },
+        let mut stream = match or_cancel(&stop, watch).await {
+            None => return,
+            Some(Ok(stream)) => stream,
+            Some(Err(e)) => {
+                tracing::debug!(partition, error = %e, "partition watch failed to start");
+                or_cancel(&stop, tokio::time::sleep(backoff.next_delay())).await;
+                continue;
+            }
         };
         backoff.reset();
         loop {
-            let msg = tokio::select! {
-                _ = stop.cancelled() => return,
-                m = stream.message() => m,
+            let Some(msg) = or_cancel(&stop, stream.message()).await else {
+                return;
             };
             match msg {
                 Ok(Some(resp)) if resp.canceled() => {

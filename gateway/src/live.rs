@@ -51,9 +51,8 @@ pub async fn follow(
         // The watch starts at next_rev, right after the last event handled: nothing is missed.
         cache.watch_live();
         loop {
-            let msg = tokio::select! {
-                _ = stop.cancelled() => return,
-                m = stream.message() => m,
+            let Some(msg) = telemetry::shutdown::or_cancel(&stop, stream.message()).await else {
+                return;
             };
             match msg {
                 Ok(Some(resp)) if resp.canceled() => {

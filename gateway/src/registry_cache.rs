@@ -106,9 +106,9 @@ impl RegistryCache {
             };
             backoff.reset();
             loop {
-                let msg = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    m = stream.message() => m,
+                let Some(msg) = telemetry::shutdown::or_cancel(&stop, stream.message()).await
+                else {
+                    return;
                 };
                 match msg {
                     Ok(Some(resp)) if !resp.canceled() => {

@@ -79,10 +79,6 @@ impl Committer {
         }
     }
 
-    pub fn processed_set(&self) -> &ProcessedSet {
-        &self.processed
-    }
-
     /// The retention leases, shared with other writers of stored data (the GPU registry).
     pub fn retention(&self) -> &Arc<BucketLeases> {
         &self.retention
