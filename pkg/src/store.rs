@@ -16,7 +16,7 @@
 //! processed-set entries, so one round trip tells which compare failed: duplicates are dropped
 //! and the Txn retried; a lost fence or a gone message ends the commit.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
@@ -93,6 +93,7 @@ impl Committer {
         invalid: &[(TelemetryRecord, String)],
     ) -> Result<Outcome, EtcdError> {
         let (valid, mut duplicates) = unique_by_key(valid);
+        let refused = refused(&self.keys, invalid);
         let (mut stored, mut invalid_stored) = (0, 0);
         for chunk in self
             .processed
@@ -100,7 +101,7 @@ impl Committer {
         {
             let records = valid[chunk.valid].to_vec();
             match self
-                .commit_chunk(fence, msg, records, &invalid[chunk.invalid], chunk.last)
+                .commit_chunk(fence, msg, records, &refused[chunk.invalid], chunk.last)
                 .await?
             {
                 Outcome::Committed {
@@ -128,7 +129,7 @@ impl Committer {
         fence: Fence,
         msg: &Claimed,
         mut valid: Vec<&TelemetryRecord>,
-        invalid: &[(TelemetryRecord, String)],
+        invalid: &[Refused<'_>],
         last: bool,
     ) -> Result<Outcome, EtcdError> {
         let mut duplicates = 0;
@@ -194,7 +195,7 @@ impl Committer {
         fence: Fence,
         msg: &Claimed,
         valid: &[&TelemetryRecord],
-        invalid: &[(TelemetryRecord, String)],
+        invalid: &[Refused<'_>],
         (marker_lease, retention_lease): (Option<i64>, i64),
         last: bool,
     ) -> Txn {
@@ -241,19 +242,24 @@ impl Committer {
                 None => success.push(TxnOp::put(entry, stored_bytes(r), retention.clone())),
             }
         }
-        for (r, reason) in invalid {
+        for Refused {
+            record: r,
+            reason,
+            key,
+        } in invalid
+        {
             let entry = InvalidEntry {
                 id: r.id.clone(),
                 message_id: msg.message_id.clone(),
                 schema_version: msg.schema_version.clone(),
-                reason: reason.clone(),
+                reason: reason.to_string(),
                 hostname: r.hostname.clone(),
                 gpu_id: r.gpu_id.clone(),
                 metric: r.metric.clone(),
                 detected_at: chrono::Utc::now().to_rfc3339(),
             };
             let json = serde_json::to_vec(&entry).unwrap_or_default();
-            success.push(TxnOp::put(k.invalid(&r.id), json, retention.clone()));
+            success.push(TxnOp::put(key.as_str(), json, retention.clone()));
         }
         if last {
             success.push(TxnOp::delete(msg.key.as_str(), None));
@@ -280,6 +286,37 @@ fn data_key(k: &Keys, r: &TelemetryRecord) -> String {
         r.timestamp_unix_nano,
         &r.idempotency_key,
     )
+}
+
+/// A refused record, its reason, and the key of its entry in the invalid area.
+struct Refused<'a> {
+    record: &'a TelemetryRecord,
+    reason: &'a str,
+    key: String,
+}
+
+/// Invalid-area entries are keyed by record id, and a producer may send its own ids, so a
+/// repeat within one message gets `-{n}` appended: a Txn may not put one key twice, and a later
+/// chunk must not overwrite an earlier one's entry. The numbering follows the message's order,
+/// so a retried commit writes the same keys again.
+fn refused<'a>(keys: &Keys, invalid: &'a [(TelemetryRecord, String)]) -> Vec<Refused<'a>> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    invalid
+        .iter()
+        .map(|(record, reason)| {
+            let n = seen.entry(record.id.as_str()).or_insert(0);
+            let key = match *n {
+                0 => keys.invalid(&record.id),
+                n => keys.invalid(&format!("{}-{n}", record.id)),
+            };
+            *n += 1;
+            Refused {
+                record,
+                reason,
+                key,
+            }
+        })
+        .collect()
 }
 
 /// A record as stored: without its idempotency key, which is derived from the content (and is
@@ -345,6 +382,31 @@ pub async fn scan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_records_that_share_an_id_get_distinct_entries() {
+        let r = |id: &str| {
+            let rec = TelemetryRecord {
+                id: id.into(),
+                ..Default::default()
+            };
+            (rec, "bad".to_string())
+        };
+        let batch = [r("A"), r("B"), r("A"), r("A")];
+        let keys: Vec<String> = refused(&Keys::new("/p"), &batch)
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "/p/telemetry/invalid/A",
+                "/p/telemetry/invalid/B",
+                "/p/telemetry/invalid/A-1",
+                "/p/telemetry/invalid/A-2"
+            ]
+        );
+    }
 
     #[test]
     fn repeats_within_a_batch_are_duplicates() {

@@ -397,3 +397,51 @@ async fn an_idle_collector_takes_new_messages_from_its_watch_without_waiting_for
     assert_eq!(count(&client, &keys.queue_root()).await, 0);
     collector.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_records_that_share_an_id_are_all_kept_and_the_good_ones_stored() {
+    init_tracing();
+    let etcd = EtcdCluster::single().await;
+    let client = etcd.client().await;
+    let prefix = unique_prefix("shared-id");
+    let keys = Keys::new(&prefix);
+    // A producer may send its own ULIDs; two refused records carrying the same one must not
+    // make the commit put one invalid key twice (etcd refuses such a Txn).
+    let shared_id = "01ARZ3NDEKTSV4RRFFQ69G5FAV".to_string();
+    let bad = |host: &str| TelemetryRecord {
+        id: shared_id.clone(),
+        hostname: host.into(),
+        gpu_id: "0".into(),
+        metric: "DCGM_FI_DEV_GPU_TEMP".into(),
+        timestamp_unix_nano: T0,
+        value: 1.0,
+        ..Default::default()
+    };
+    let records = vec![
+        reading("h1", "0", T0, 40.0),
+        bad("bad/host"),
+        bad("worse/host"),
+        reading("h1", "0", T0 + 1, 41.0),
+    ];
+    publish(&client, &keys, &envelope(records, "v1")).await;
+    let (collector, stats) = start_collector(etcd.endpoints(), &prefix, |c| c.queue.partitions = 1);
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            count(&client, &keys.queue_root()).await == 0
+        })
+        .await
+    );
+    assert_eq!(
+        count(&client, &keys.data_root()).await,
+        2,
+        "the good records"
+    );
+    assert_eq!(
+        count(&client, &keys.invalid_root()).await,
+        2,
+        "both refusals"
+    );
+    assert_eq!(count(&client, &keys.dead_letters_root()).await, 0);
+    assert_eq!(collector::Stats::get(&stats.invalid), 2);
+    collector.shutdown().await.unwrap();
+}
