@@ -337,10 +337,17 @@ async fn backpressure_engages_when_the_queue_is_deep_and_releases_when_it_drains
     let s = start_streamer(cfg, false).await;
     let queue = format!("{prefix}/queue/msg/");
 
-    // No collector yet: the queue passes 2 messages and the streamer stops publishing.
+    // No collector yet: the queue passes 2 messages and the streamer stops publishing. Pacing
+    // at STREAM_RATE also counts as throttled, so "engaged" is: past the depth, throttled, and
+    // nothing published over three depth checks (at 1,000 records/s unthrottled publishing
+    // would add ~150 records in that time).
     assert!(
         wait_until(Duration::from_secs(20), || async {
-            Counters::get(&s.counters.throttled) > 0
+            let before = Counters::get(&s.counters.published);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            count(&client, &queue).await > 2
+                && Counters::get(&s.counters.throttled) > 0
+                && Counters::get(&s.counters.published) == before
         })
         .await,
         "throttling engaged"
