@@ -91,9 +91,7 @@ async fn main() {
     report.ceiling_keys_per_s = report.ceiling_samples[0];
 
     let fleet_a = dir.path().join("fleet-a.csv");
-    let fleet_b = dir.path().join("fleet-b.csv");
     let records = scenarios::generate(&fleet_a, hosts, steps, 1);
-    scenarios::generate(&fleet_b, hosts, steps, 2);
 
     // The two configurations alternate, each run on a fresh etcd, so that the drift of this
     // machine's disk over a minute falls on both alike; the last 4-collector etcd stays up for
@@ -120,42 +118,29 @@ async fn main() {
 
     if ingest_only {
         collectors.0.into_iter().for_each(|p| p.stop());
-        drop(etcd);
-        report
-            .ceiling_samples
-            .push(measure_ceiling(members, ceiling_secs).await);
-        report.set_ceiling();
-        println!("{}", report.table());
-        return;
+    } else {
+        eprintln!("      topping up with a second fleet for the query test");
+        let fleet_b = dir.path().join("fleet-b.csv");
+        scenarios::generate(&fleet_b, hosts, steps, 2);
+        scenarios::ingest(&etcd, "/bench", &fleet_b, records, &collectors, f64::NAN).await;
+
+        eprintln!("[4/6] latency at 5,000 records/s");
+        let small = dir.path().join("small.csv");
+        scenarios::generate(&small, 10, 10, 3);
+        let secs = if quick { 5 } else { 15 };
+        report.latency = Some(scenarios::latency(&eps, "/bench", &small, 5_000.0, secs).await);
+        collectors.0.into_iter().for_each(|p| p.stop());
+
+        eprintln!("[5/6] gateway queries");
+        let client = etcd.client().await;
+        let stored = count(&client, "/bench/telemetry/data/").await;
+        report.query = Some(query::query(&eps, "/bench", stored, if quick { 5 } else { 10 }).await);
+        if stored < 1_000_000 {
+            report.notes.push(format!(
+                "only {stored} records were stored for the query test (--quick)"
+            ));
+        }
     }
-    eprintln!("      topping up with a second fleet for the query test");
-    scenarios::ingest(
-        &etcd,
-        "/bench",
-        &fleet_b,
-        records,
-        &collectors,
-        report.ceiling_keys_per_s,
-    )
-    .await;
-
-    eprintln!("[4/6] latency at 5,000 records/s");
-    let small = dir.path().join("small.csv");
-    scenarios::generate(&small, 10, 10, 3);
-    report.latency =
-        Some(scenarios::latency(&eps, "/bench", &small, 5_000.0, if quick { 5 } else { 15 }).await);
-    collectors.0.into_iter().for_each(|p| p.stop());
-
-    eprintln!("[5/6] gateway queries");
-    let client = etcd.client().await;
-    let stored = count(&client, "/bench/telemetry/data/").await;
-    report.query = Some(query::query(&eps, "/bench", stored, if quick { 5 } else { 10 }).await);
-    if stored < 1_000_000 {
-        report.notes.push(format!(
-            "only {stored} records were stored for the query test (--quick)"
-        ));
-    }
-
     drop(etcd);
 
     // The disk under this machine drifts; a second ceiling after the ingest, latency and query
@@ -167,7 +152,7 @@ async fn main() {
         .push(measure_ceiling(members, ceiling_secs).await);
     report.set_ceiling();
 
-    if !no_big_csv {
+    if !no_big_csv && !ingest_only {
         // 100 hosts x 8 GPUs x 320 steps x 10 metrics = 2,560,000 rows, about 1.09 GB.
         let steps = if quick { 40 } else { 320 };
         eprintln!("[6/6] streamer memory on a large CSV ({steps} steps)");
