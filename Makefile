@@ -14,12 +14,24 @@ deps: ## Install protoc (and etcd if no vendored one) with apt-get when missing
 
 build: deps ## Build release binaries into bin/
 	$(CARGO) build --release $(addprefix -p ,$(BINARIES))
-	@mkdir -p bin && cp $(addprefix target/release/,$(BINARIES)) bin/
+	@for b in $(BINARIES); do $(call install_bin,$$b); done
 	@echo "built: $(addprefix bin/,$(BINARIES))"
 
-build-%: deps ## Build one binary into bin/ (build-streamer, build-collector, build-gateway)
-	$(CARGO) build --release -p $*
-	@mkdir -p bin && cp target/release/$* bin/
+# Copies a release binary into bin/ under a temporary name, then renames it over the old one:
+# a running binary keeps its (unlinked) file, so `make build` works while the demo runs.
+install_bin = mkdir -p bin && install -m 755 target/release/$(1) bin/.$(1).tmp && mv -f bin/.$(1).tmp bin/$(1)
+
+build-streamer: deps ## Build bin/streamer only
+	$(CARGO) build --release -p streamer
+	@$(call install_bin,streamer) && echo "built: bin/streamer"
+
+build-collector: deps ## Build bin/collector only
+	$(CARGO) build --release -p collector
+	@$(call install_bin,collector) && echo "built: bin/collector"
+
+build-gateway: deps ## Build bin/gateway only
+	$(CARGO) build --release -p gateway
+	@$(call install_bin,gateway) && echo "built: bin/gateway"
 
 test: deps ## Run every test: unit, integration and end-to-end, on real etcd
 	$(CARGO) build --workspace --bins

@@ -53,13 +53,10 @@ pub struct Config {
     #[arg(long = "rescan-interval", env = "MQ_RESCAN_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub rescan_interval: Duration,
 
-    /// Where /health, /ready and /metrics are served; empty disables them.
-    #[arg(
-        long = "admin-listen",
-        env = "ADMIN_LISTEN",
-        default_value = "0.0.0.0:9102"
-    )]
-    pub admin_listen: String,
+    /// Where /health, /ready and /metrics are served [default: 0.0.0.0:9102, or a free port
+    /// when that one is taken]; empty disables them. An address given here must be bound.
+    #[arg(long = "admin-listen", env = "ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
 
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -109,6 +106,7 @@ impl Config {
         c.etcd = EtcdArgs::new(endpoints, prefix);
         c.processing_timeout = Duration::from_secs(3);
         c.rescan_interval = Duration::from_secs(1);
+        c.runtime.etcd_startup_timeout = Duration::ZERO;
         c
     }
 }

@@ -20,6 +20,8 @@ use telemetry::dedupe::ProcessedSet;
 use telemetry::etcd::EtcdError;
 use telemetry::keys::Keys;
 use telemetry::lease::KeptLease;
+use telemetry::queue::PartitionsError;
+use telemetry::service::{AdminServer, BadSetting, EtcdUnreachable};
 use telemetry::store::Committer;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -39,17 +41,31 @@ pub struct Shared {
     pub permits: Semaphore,
 }
 
+/// Why a collector could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
-    #[error("cannot serve the admin endpoints on {addr}: {source}")]
-    Admin {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A setting cannot work (exit 2).
+    #[error(transparent)]
+    Setting(#[from] BadSetting),
+    /// etcd never answered.
+    #[error(transparent)]
+    NoEtcd(#[from] EtcdUnreachable),
+    /// etcd failed.
     #[error(transparent)]
     Etcd(#[from] EtcdError),
 }
+
+impl From<PartitionsError> for CollectorError {
+    fn from(e: PartitionsError) -> Self {
+        match e {
+            PartitionsError::Mismatch(s) => Self::Setting(s),
+            PartitionsError::Etcd(e) => Self::Etcd(e),
+        }
+    }
+}
+
+/// The admin address when `ADMIN_LISTEN` is not given.
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9102";
 
 /// Runs a collector until `shutdown` fires; `stats` receives its counters.
 pub async fn run(
@@ -57,27 +73,23 @@ pub async fn run(
     stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) -> Result<(), CollectorError> {
-    telemetry::admin::metrics_handle();
+    let admin = AdminServer::start(
+        telemetry::admin::bind(cfg.admin_listen.as_deref(), DEFAULT_ADMIN_LISTEN).await?,
+    );
+    let readiness = admin.readiness.clone();
     let tracker = TaskTracker::new();
-    let Some(client) = telemetry::etcd::connect_with_retry(&cfg.etcd, &shutdown).await else {
-        return Ok(());
-    };
-    if !cfg.admin_listen.is_empty() {
-        let listener = tokio::net::TcpListener::bind(&cfg.admin_listen)
-            .await
-            .map_err(|source| CollectorError::Admin {
-                addr: cfg.admin_listen.clone(),
-                source,
-            })?;
-        let c = client.clone();
-        let ready: telemetry::admin::ReadyCheck = Arc::new(move || {
-            let c = c.clone();
-            Box::pin(async move { telemetry::etcd::is_ready(&c).await })
-        });
-        tracker.spawn(telemetry::admin::serve(listener, ready, shutdown.clone()));
-    }
-
+    let stop_health = CancellationToken::new();
+    let client = telemetry::service::connect_etcd(
+        &cfg.etcd,
+        &cfg.runtime,
+        &readiness,
+        &shutdown,
+        stop_health.clone(),
+    )
+    .await?;
+    let mut cfg = cfg;
     let keys = Keys::new(&cfg.etcd.prefix);
+    telemetry::queue::agree(&client, &keys, &mut cfg.queue).await?;
     let processed = ProcessedSet::for_settings(&client, &keys, cfg.dedupe_window, cfg.retention);
     if let ProcessedSet::Markers(_) = processed {
         tracing::info!(
@@ -119,9 +131,13 @@ pub async fn run(
         )
         .await
         {
-            Ok(l) => l,
+            Ok(l) => {
+                readiness.clear("lease");
+                l
+            }
             Err(e) => {
                 shared.stats.database_error();
+                readiness.block("lease", format!("cannot get a lease from etcd: {e}"));
                 tracing::warn!(error = %e, "cannot get a lease; retrying");
                 telemetry::shutdown::or_cancel(&shutdown, tokio::time::sleep(backoff.next_delay()))
                     .await;
@@ -143,6 +159,8 @@ pub async fn run(
         }
     }
     telemetry::shutdown::drain(&tracker, shared.cfg.runtime.shutdown_grace).await;
+    stop_health.cancel();
+    admin.stop().await;
     Ok(())
 }
 

@@ -93,7 +93,10 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&mut self) -> Result<(), String> {
+        for o in &self.cors_origins {
+            check_origin(o)?;
+        }
         if self.rate_limit_rps < 0.0 || !self.rate_limit_rps.is_finite() {
             return Err("RATE_LIMIT_RPS must be 0 (off) or positive".into());
         }
@@ -105,9 +108,55 @@ impl Config {
 
     pub fn for_tests(endpoints: Vec<String>, prefix: &str) -> Self {
         let mut c = Config::parse_from(["gateway"]);
+        c.runtime.etcd_startup_timeout = Duration::ZERO;
         c.etcd = EtcdArgs::new(endpoints, prefix);
         c.port = 0;
         c.rate_limit_rps = 0.0;
         c
+    }
+}
+
+/// An origin as browsers send it: `*`, or `scheme://host[:port]` with nothing after.
+fn check_origin(o: &str) -> Result<(), String> {
+    if o == "*" {
+        return Ok(());
+    }
+    let bad = |why: &str| {
+        Err(format!(
+            "CORS_ORIGINS entry {o:?} {why} (expected e.g. https://grafana.example.com:3000 or *)"
+        ))
+    };
+    let Some((scheme, rest)) = o.split_once("://") else {
+        return bad("has no scheme");
+    };
+    if !matches!(scheme, "http" | "https") {
+        return bad("is not http or https");
+    }
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ', ',']) {
+        return bad("is not just a host and port");
+    }
+    if axum::http::HeaderValue::from_str(o).is_err() {
+        return bad("is not a valid header value");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_checked() {
+        assert!(check_origin("*").is_ok());
+        assert!(check_origin("http://localhost:3000").is_ok());
+        for bad in [
+            "localhost:3000",
+            "ftp://x",
+            "https://x/path",
+            "https://",
+            "http://a b",
+        ] {
+            assert!(check_origin(bad).is_err(), "{bad}");
+        }
     }
 }

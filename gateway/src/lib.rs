@@ -13,15 +13,19 @@ pub mod registry_cache;
 pub mod state;
 pub mod ws;
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use etcd_client::Client;
+use telemetry::admin::Readiness;
+use telemetry::service::EtcdUnreachable;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -36,12 +40,7 @@ use crate::state::AppState;
 
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> Router {
-    let ready_client = state.client.clone();
-    let registry = state.registry.clone();
-    let ready: telemetry::admin::ReadyCheck = Arc::new(move || {
-        let (c, r) = (ready_client.clone(), registry.clone());
-        Box::pin(async move { r.is_loaded() && telemetry::etcd::is_ready(&c).await })
-    });
+    // Origins were checked by `Config::validate`; a bad one cannot reach here.
     let cors = if state.cfg.cors_origins.iter().any(|o| o == "*") {
         CorsLayer::new().allow_origin(AllowOrigin::any())
     } else {
@@ -73,7 +72,7 @@ pub fn app(state: AppState) -> Router {
             ratelimit::middleware,
         ))
         .with_state(state.clone());
-    api.merge(telemetry::admin::router(ready))
+    api.merge(telemetry::admin::router(state.readiness.clone()))
         .layer(middleware::from_fn(record_metrics))
         .layer(CompressionLayer::new())
         .layer(RequestBodyLimitLayer::new(state.cfg.max_request_bytes))
@@ -118,32 +117,37 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Why the gateway could not start or serve.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error("etcd was never reachable before shutdown")]
-    NoEtcd,
+    /// etcd never answered.
+    #[error(transparent)]
+    NoEtcd(#[from] EtcdUnreachable),
+    /// The listener failed.
     #[error("serving HTTP failed: {0}")]
     Serve(#[from] std::io::Error),
 }
 
-/// Builds the state: connects, and starts the registry and live-stream watches.
-pub async fn state(
+/// Builds the state over a connected `client`, and starts the registry and live-stream
+/// watches.
+pub fn state(
     cfg: Config,
+    client: Client,
+    readiness: Readiness,
     tasks: &TaskTracker,
     stop: &CancellationToken,
-) -> Result<AppState, GatewayError> {
-    let client = telemetry::etcd::connect_with_retry(&cfg.etcd, stop)
-        .await
-        .ok_or(GatewayError::NoEtcd)?;
+) -> AppState {
     let keys = telemetry::keys::Keys::new(&cfg.etcd.prefix);
     let registry = registry_cache::RegistryCache::default();
     let hub = ws::Hub::default();
     let cache = query_cache::QueryCache::new(cfg.query_cache_mb * 1024 * 1024, cfg.query_cache_ttl);
-    tasks.spawn(
-        registry
-            .clone()
-            .follow(client.clone(), keys.clone(), stop.clone()),
-    );
+    readiness.block("registry", "loading the GPU registry");
+    tasks.spawn(registry.clone().follow(
+        client.clone(),
+        keys.clone(),
+        readiness.clone(),
+        stop.clone(),
+    ));
     if cfg.ws_enabled || cache.enabled() {
         tasks.spawn(live::follow(
             hub.clone(),
@@ -154,7 +158,7 @@ pub async fn state(
         ));
     }
     let limiter = ratelimit::RateLimiter::new(cfg.rate_limit_rps, cfg.rate_limit_burst);
-    Ok(AppState::new(state::Shared {
+    AppState::new(state::Shared {
         cfg: Arc::new(cfg),
         client,
         keys,
@@ -163,10 +167,16 @@ pub async fn state(
         cache,
         ws_clients: Arc::default(),
         limiter,
-    }))
+        readiness,
+        shutdown: stop.clone(),
+        ws_tasks: TaskTracker::new(),
+    })
 }
 
 /// Serves the gateway on `listener` until `shutdown` fires, then drains.
+///
+/// `/health`, `/ready` and `/metrics` answer from the first moment; until etcd answers, the
+/// API answers 503 in the contract's error shape, and `/ready` says why.
 pub async fn run(
     cfg: Config,
     listener: TcpListener,
@@ -174,13 +184,79 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     let tasks = TaskTracker::new();
     let grace = cfg.runtime.shutdown_grace;
-    let state = state(cfg, &tasks, &shutdown).await?;
+    let readiness = Readiness::new();
+    let full_app: Arc<OnceLock<Router>> = Arc::default();
+    let early = early_app(readiness.clone(), full_app.clone());
     tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
-    let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
     let stop = shutdown.clone();
-    axum::serve(listener, app)
+    let server = tokio::spawn(
+        axum::serve(
+            listener,
+            early.into_make_service_with_connect_info::<SocketAddr>(),
+        )
         .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+        .into_future(),
+    );
+    let stop_health = CancellationToken::new();
+    let connected = telemetry::service::connect_etcd(
+        &cfg.etcd,
+        &cfg.runtime,
+        &readiness,
+        &shutdown,
+        stop_health.clone(),
+    )
+    .await;
+    let ws_tasks = match connected {
+        Ok(client) => {
+            let state = state(cfg, client, readiness, &tasks, &shutdown);
+            let ws_tasks = state.ws_tasks.clone();
+            let _ = full_app.set(app(state));
+            Some(ws_tasks)
+        }
+        Err(e) => {
+            shutdown.cancel();
+            let _ = server.await;
+            return Err(e.into());
+        }
+    };
+    shutdown.cancelled().await;
+    // WebSocket clients get their 1001 close frames within the grace period.
+    if let Some(ws) = ws_tasks {
+        ws.close();
+        let _ = tokio::time::timeout(grace, ws.wait()).await;
+    }
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(r)) => r?,
+        Ok(Err(_)) | Err(_) => tracing::warn!("HTTP connections still open after the grace period"),
+    }
+    stop_health.cancel();
     telemetry::shutdown::drain(&tasks, grace).await;
     Ok(())
+}
+
+/// The router served while the gateway connects: the admin routes, and every other path
+/// handed to the full app once it exists (503 before).
+fn early_app(readiness: Readiness, full: Arc<OnceLock<Router>>) -> Router {
+    let admin = telemetry::admin::router(readiness.clone());
+    Router::new().fallback(move |req: Request| {
+        let (full, admin, readiness) = (full.clone(), admin.clone(), readiness.clone());
+        async move {
+            use tower::ServiceExt as _;
+            if let Some(app) = full.get() {
+                return app.clone().oneshot(req).await.into_response();
+            }
+            match req.uri().path() {
+                "/health" | "/ready" | "/metrics" => admin.oneshot(req).await.into_response(),
+                _ => {
+                    let why = readiness
+                        .check()
+                        .err()
+                        .and_then(|m| m.into_values().next())
+                        .unwrap_or_else(|| "starting".into());
+                    error::AppError::Unavailable(format!("the gateway is starting: {why}"))
+                        .into_response()
+                }
+            }
+        }
+    })
 }

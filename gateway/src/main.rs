@@ -1,7 +1,9 @@
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser;
 use gateway::Config;
+use telemetry::service::BadSetting;
 
 /// mimalloc: the services allocate many small, short-lived objects (records, JSON, protobuf);
 /// glibc malloc spent a third of the gateway's CPU on them under load (see docs/performance.md).
@@ -10,27 +12,20 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cfg = Config::parse();
-    if let Err(e) = cfg.validate() {
-        eprintln!("error: {e}");
-        return ExitCode::from(2);
-    }
-    telemetry::logging::init(&cfg.runtime.log_format);
-    let listener = match tokio::net::TcpListener::bind(("0.0.0.0", cfg.port)).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!(
-                "error: cannot listen on port {} (GATEWAY_PORT): {e}",
+    telemetry::service::main(Config::parse(), Config::validate, |c| &c.runtime, run).await
+}
+
+async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", cfg.port))
+        .await
+        .map_err(|e| {
+            BadSetting(format!(
+                "GATEWAY_PORT: cannot listen on port {}: {e}",
                 cfg.port
-            );
-            return ExitCode::FAILURE;
-        }
-    };
-    match gateway::run(cfg, listener, telemetry::shutdown::on_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+            ))
+        })?;
+    gateway::run(cfg, listener, telemetry::shutdown::on_signal())
+        .await
+        .context("gateway stopped")?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use telemetry::admin::Readiness;
 use telemetry::backoff::Backoff;
 use telemetry::keys::Keys;
 use telemetry::registry::GpuInfo;
@@ -70,7 +71,14 @@ impl RegistryCache {
     }
 
     /// Loads and follows the registry until `stop` fires.
-    pub async fn follow(self, client: Client, keys: Keys, stop: CancellationToken) {
+    /// `readiness` is blocked on "registry" until the first load.
+    pub async fn follow(
+        self,
+        client: Client,
+        keys: Keys,
+        readiness: Readiness,
+        stop: CancellationToken,
+    ) {
         let root = keys.gpus_root();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         while !stop.is_cancelled() {
@@ -97,6 +105,7 @@ impl RegistryCache {
             }
             self.loaded
                 .store(true, std::sync::atomic::Ordering::Relaxed);
+            readiness.clear("registry");
             let opts = WatchOptions::new()
                 .with_prefix()
                 .with_start_revision(revision + 1);

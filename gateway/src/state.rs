@@ -4,7 +4,10 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use etcd_client::Client;
+use telemetry::admin::Readiness;
 use telemetry::keys::Keys;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::query_cache::QueryCache;
@@ -40,4 +43,11 @@ pub struct Shared {
     pub cache: QueryCache,
     pub ws_clients: Arc<AtomicUsize>,
     pub limiter: RateLimiter,
+    /// What `/ready` reports.
+    pub readiness: Readiness,
+    /// Fires when the gateway shuts down: WebSocket clients are closed with 1001.
+    pub shutdown: CancellationToken,
+    /// Upgraded WebSocket connections, which the HTTP server's graceful shutdown does not
+    /// wait for: the gateway waits for their close frames itself.
+    pub ws_tasks: TaskTracker,
 }

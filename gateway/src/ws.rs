@@ -194,8 +194,10 @@ pub async fn ws_handler(
     }
     metrics::gauge!("ws_clients").increment(1.0);
     let slot = Slot(s.ws_clients.clone());
+    let tracked = s.ws_tasks.token();
     Ok(ws.on_upgrade(move |socket| async move {
         let _slot = slot;
+        let _tracked = tracked;
         serve_client(socket, s, filter, since).await;
     }))
 }
@@ -236,6 +238,11 @@ async fn serve_client(socket: WebSocket, s: AppState, filter: Filter, since: Opt
     let mut last_pong = Instant::now();
     loop {
         tokio::select! {
+            _ = s.shutdown.cancelled() => {
+                let close = Message::Close(Some(CloseFrame { code: 1001, reason: "gateway shutting down".into() }));
+                let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(close)).await;
+                break;
+            }
             frame = rx.recv() => match frame {
                 Some(f) if f.revision > replayed_to => {
                     let lost = dropped.load(Ordering::Relaxed);

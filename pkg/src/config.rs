@@ -52,15 +52,21 @@ pub struct RuntimeArgs {
     /// How long shutdown may take to drain work in flight before exiting anyway.
     #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// How long to wait at start-up for etcd to answer before giving up with exit 1 (0: wait
+    /// forever). Meanwhile /health answers 200 and /ready 503 with the reason.
+    #[arg(long = "etcd-startup-timeout", env = "ETCD_STARTUP_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub etcd_startup_timeout: Duration,
 }
 
 /// The queue's shape, which the streamer and the collectors must agree on.
 #[derive(Args, Debug, Clone)]
 pub struct QueueArgs {
-    /// Number of queue partitions. Collectors own whole partitions, so this bounds how many
-    /// collectors can share the load.
-    #[arg(long = "mq-partitions", env = "MQ_PARTITIONS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub partitions: u16,
+    /// Number of queue partitions [default: the queue's own count, or 16 for a new queue].
+    /// Collectors own whole partitions, so this bounds how many collectors share the load. The
+    /// count is written to etcd by the first process; a process given another refuses to start.
+    #[arg(long = "mq-partitions", env = "MQ_PARTITIONS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub partitions: Option<u16>,
 
     /// Most operations in one etcd Txn (etcd's --max-txn-ops, 128 on stock etcd).
     #[arg(long = "mq-max-txn-ops", env = "MQ_MAX_TXN_OPS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(8..))]
@@ -74,7 +80,7 @@ pub struct QueueArgs {
 impl Default for QueueArgs {
     fn default() -> Self {
         Self {
-            partitions: 16,
+            partitions: None,
             max_txn_ops: 128,
             max_request_bytes: 1_572_864,
         }
@@ -82,6 +88,14 @@ impl Default for QueueArgs {
 }
 
 impl QueueArgs {
+    /// The count for a queue that has none yet.
+    pub const DEFAULT_PARTITIONS: u16 = 16;
+
+    /// The partition count in effect: the queue's own once [`crate::queue::agree`] has run.
+    pub fn partitions(&self) -> u16 {
+        self.partitions.unwrap_or(Self::DEFAULT_PARTITIONS)
+    }
+
     /// Records per message, so that its commit is one Txn: a put per record (its data key is
     /// also its dedupe entry, see `dedupe`), plus the deletes of the message and its attempt
     /// counter. Fewer, larger Txns are what etcd applies fastest (docs/performance.md).

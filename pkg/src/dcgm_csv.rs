@@ -92,6 +92,11 @@ impl<R: Read> DcgmCsvReader<R> {
     }
 
     /// The next row, or `None` at the end of the input.
+    /// Bytes of input consumed so far, for progress reports.
+    pub fn position(&self) -> u64 {
+        self.inner.position().byte()
+    }
+
     pub fn next_row(&mut self) -> Option<Result<TelemetryRecord, RowError>> {
         match self.inner.read_record(&mut self.row) {
             Ok(false) => None,

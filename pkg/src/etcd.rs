@@ -5,7 +5,7 @@ use std::time::Duration;
 use etcd_client::{Client, ConnectOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
+use crate::admin::Readiness;
 use crate::config::EtcdArgs;
 
 /// An etcd call failed; `context` says what we were doing.
@@ -63,34 +63,37 @@ pub async fn connect(args: &EtcdArgs) -> Result<Client, EtcdError> {
         .await
         .ctx("connect")?;
     // A channel can come up lazily; one status call proves a member answers.
-    client.status().await.ctx("connect")?;
+    match tokio::time::timeout(args.dial_timeout, client.status()).await {
+        Ok(r) => r.ctx("connect")?,
+        Err(_) => {
+            return Err(EtcdError::new(
+                "connect",
+                etcd_client::Error::InvalidArgs(format!(
+                    "no answer within ETCD_DIAL_TIMEOUT ({:?})",
+                    args.dial_timeout
+                )),
+            ))
+        }
+    };
     Ok(client)
 }
 
-/// Connects, retrying with backoff until etcd answers or `cancel` fires (then `None`).
-/// Services start before etcd in many deployments; they wait rather than crash-loop.
-pub async fn connect_with_retry(args: &EtcdArgs, cancel: &CancellationToken) -> Option<Client> {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+/// Keeps the "etcd" condition of `readiness` current until `stop`: a member answers within a
+/// second and the cluster has a leader. `/ready` reads the result, so it never waits on etcd.
+pub async fn track_health(client: Client, readiness: Readiness, stop: CancellationToken) {
+    let mut c = client;
     loop {
-        match connect(args).await {
-            Ok(c) => return Some(c),
-            Err(e) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(endpoints = ?args.endpoints, error = %e, retry_in = ?wait, "etcd is not reachable yet");
-                tokio::select! {
-                    _ = cancel.cancelled() => return None,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
+        match tokio::time::timeout(Duration::from_secs(1), c.status()).await {
+            Ok(Ok(s)) if s.leader() != 0 => readiness.clear("etcd"),
+            Ok(Ok(_)) => readiness.block("etcd", "the etcd cluster has no leader"),
+            Ok(Err(e)) => readiness.block("etcd", format!("etcd is not reachable: {e}")),
+            Err(_) => readiness.block("etcd", "etcd did not answer within 1s"),
+        }
+        if crate::shutdown::or_cancel(&stop, tokio::time::sleep(Duration::from_secs(1)))
+            .await
+            .is_none()
+        {
+            return;
         }
     }
-}
-
-/// Ready means: a member answers and the cluster has a leader.
-pub async fn is_ready(client: &Client) -> bool {
-    let mut c = client.clone();
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), c.status()).await,
-        Ok(Ok(s)) if s.leader() != 0
-    )
 }

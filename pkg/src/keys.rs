@@ -37,6 +37,11 @@ impl Keys {
         format!("{}{id}", self.queue_partition(partition))
     }
 
+    /// The queue's partition count, written once by the first process (see `queue::agree`).
+    pub fn queue_partitions(&self) -> String {
+        format!("{}/queue/meta/partitions", self.prefix)
+    }
+
     /// Who owns a partition: a key under its owner's lease.
     pub fn owners_root(&self) -> String {
         format!("{}/queue/owner/", self.prefix)

@@ -20,6 +20,7 @@ pub mod logging;
 pub mod queue;
 pub mod record;
 pub mod registry;
+pub mod service;
 pub mod shutdown;
 pub mod store;
 pub mod throttle;

@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use etcd_client::{Client, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 use telemetry_proto::{QueueMessage, TelemetryRecord};
@@ -18,6 +18,7 @@ use crate::config::QueueArgs;
 use crate::etcd::{Context, EtcdError};
 use crate::keys::Keys;
 use crate::record::now_millis;
+use crate::service::BadSetting;
 
 pub const TOPIC: &str = "gpu-telemetry";
 pub const SCHEMA_VERSION: &str = "v1";
@@ -82,7 +83,7 @@ impl Publisher {
     /// Encodes a message and picks its partition.
     pub fn encode(&self, msg: &QueueMessage) -> Encoded {
         let partition = (self.next_partition.fetch_add(1, Ordering::Relaxed)
-            % u32::from(self.limits.partitions)) as u16;
+            % u32::from(self.limits.partitions())) as u16;
         Encoded {
             key: self.keys.queue_message(partition, &msg.id),
             value: msg.encode_to_vec(),
@@ -107,6 +108,65 @@ impl Publisher {
     /// Messages waiting in the queue, counted by etcd without sending them.
     pub async fn depth(&self) -> Result<i64, EtcdError> {
         queue_depth(&self.client, &self.keys).await
+    }
+}
+
+/// The partition count given to this process disagrees with the queue's.
+#[derive(Debug, thiserror::Error)]
+pub enum PartitionsError {
+    /// Another count is already written to etcd.
+    #[error(transparent)]
+    Mismatch(BadSetting),
+    /// etcd failed, or the stored value is not a count.
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+}
+
+/// Makes the partition count a property of the queue: the first process writes its count
+/// (a put-if-absent), and every process adopts the stored one. A process that was given a
+/// different count explicitly refuses, naming both: messages in partitions that the
+/// collectors do not know would never be claimed. Sets `args.partitions` to the queue's count.
+pub async fn agree(
+    client: &Client,
+    keys: &Keys,
+    args: &mut QueueArgs,
+) -> Result<u16, PartitionsError> {
+    let key = keys.queue_partitions();
+    let mine = args.partitions();
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key.as_str(), mine.to_string(), None)])
+        .or_else([TxnOp::get(key.as_str(), None)]);
+    let resp = client
+        .kv_client()
+        .txn(txn)
+        .await
+        .ctx("read the partition count")?;
+    let queue = if resp.succeeded() {
+        mine
+    } else {
+        let stored = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        });
+        stored
+            .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u16>().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                EtcdError::new(
+                    "read the partition count",
+                    etcd_client::Error::InvalidArgs(format!("{key} does not hold a count")),
+                )
+            })?
+    };
+    match args.partitions {
+        Some(given) if given != queue => Err(PartitionsError::Mismatch(BadSetting(format!(
+            "MQ_PARTITIONS={given} but the queue in etcd has {queue} partitions (fixed when it was created); start every process with MQ_PARTITIONS={queue}, or leave it unset"
+        )))),
+        _ => {
+            args.partitions = Some(queue);
+            Ok(queue)
+        }
     }
 }
 
@@ -165,7 +225,7 @@ mod tests {
         let limits = QueueArgs {
             max_txn_ops: 128,
             max_request_bytes: 1_572_864,
-            partitions: 4,
+            partitions: Some(4),
         };
         assert_eq!(plan_of(limits.clone(), &enc(300, 10)), vec![128, 128, 44]);
         let big = plan_of(limits, &enc(100, 100_000));

@@ -38,20 +38,39 @@ pub fn migrate(schema_version: &str, r: &mut TelemetryRecord) -> Result<(), Stri
     Ok(())
 }
 
-fn path_segment(name: &str, v: &str) -> Result<(), String> {
+/// A hostname becomes a key segment and a URL path segment: letters, digits, `-`, `_` and `.`,
+/// not starting with a dot (so never `.` or `..`), at most 253 bytes (DNS's limit).
+fn hostname(v: &str) -> Result<(), String> {
     if v.is_empty() {
-        return Err(format!("{name} is empty"));
+        return Err("hostname is empty".into());
     }
-    if v.len() > 253 || v.contains('/') || v.chars().any(char::is_control) {
-        return Err(format!("{name} {v:?} is not a valid key segment (no '/', no control characters, at most 253 bytes)"));
+    let ok_chars = v
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if v.len() > 253 || !ok_chars || v.starts_with('.') {
+        return Err(format!(
+            "hostname {v:?} is not a host name (letters, digits, '-', '_' and '.', not starting with '.', at most 253 bytes)"
+        ));
+    }
+    Ok(())
+}
+
+/// A GPU id is the GPU's index on its host, in canonical form (`0`, `7`, `12`; not `07`), so
+/// that one GPU has one key.
+fn gpu_index(v: &str) -> Result<(), String> {
+    let digits = !v.is_empty() && v.len() <= 5 && v.bytes().all(|b| b.is_ascii_digit());
+    if !digits || (v.len() > 1 && v.starts_with('0')) {
+        return Err(format!(
+            "gpu_id {v:?} is not a GPU index (a whole number such as 0 or 7)"
+        ));
     }
     Ok(())
 }
 
 /// Checks a migrated record; the reason is stored with an invalid record.
 pub fn validate(r: &TelemetryRecord) -> Result<(), String> {
-    path_segment("hostname", &r.hostname)?;
-    path_segment("gpu_id", &r.gpu_id)?;
+    hostname(&r.hostname)?;
+    gpu_index(&r.gpu_id)?;
     if r.metric.is_empty()
         || !r
             .metric
@@ -98,6 +117,32 @@ mod tests {
             timestamp_unix_nano: 1_752_871_354_000_000_000,
             value: 5.0,
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn path_like_names_and_non_numeric_gpu_ids_are_refused() {
+        for host in [".", "..", "a%2Fb", "a/b", "", ".hidden", "a b", "x\u{0}"] {
+            let r = TelemetryRecord {
+                hostname: host.into(),
+                ..good()
+            };
+            assert!(validate(&r).unwrap_err().contains("hostname"), "{host:?}");
+        }
+        for gpu in ["zero", "..", "", "07", "-1", "1.0", "123456"] {
+            let r = TelemetryRecord {
+                gpu_id: gpu.into(),
+                ..good()
+            };
+            assert!(validate(&r).unwrap_err().contains("gpu_id"), "{gpu:?}");
+        }
+        for (host, gpu) in [("gpu-node-001", "0"), ("a.b_c-d", "15"), ("H", "10")] {
+            let r = TelemetryRecord {
+                hostname: host.into(),
+                gpu_id: gpu.into(),
+                ..good()
+            };
+            assert!(validate(&r).is_ok(), "{host} {gpu}");
         }
     }
 

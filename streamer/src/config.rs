@@ -93,13 +93,10 @@ pub struct Config {
     #[arg(long = "publishers", env = "STREAM_PUBLISHERS", default_value_t = 4)]
     pub publishers: usize,
 
-    /// Where /health, /ready and /metrics are served; empty disables them.
-    #[arg(
-        long = "admin-listen",
-        env = "ADMIN_LISTEN",
-        default_value = "0.0.0.0:9101"
-    )]
-    pub admin_listen: String,
+    /// Where /health, /ready and /metrics are served [default: 0.0.0.0:9101, or a free port
+    /// when that one is taken]; empty disables them. An address given here must be bound.
+    #[arg(long = "admin-listen", env = "ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
 
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -127,7 +124,7 @@ impl Config {
     }
 
     /// Checks what clap cannot, naming the setting at fault.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&mut self) -> Result<(), String> {
         if self.rate < 0.0 || !self.rate.is_finite() {
             return Err("STREAM_RATE must be 0 (unlimited) or a positive number".into());
         }
@@ -165,6 +162,7 @@ impl Config {
     pub fn for_tests(endpoints: Vec<String>, prefix: &str) -> Self {
         let mut c =
             Config::parse_from(["streamer", "--admin-listen", "", "--listen", "127.0.0.1:0"]);
+        c.runtime.etcd_startup_timeout = std::time::Duration::ZERO;
         c.listen = None;
         c.etcd = EtcdArgs::new(endpoints, prefix);
         c

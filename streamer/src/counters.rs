@@ -13,6 +13,8 @@ pub struct Counters {
     pub duplicates: AtomicU64,
     pub throttled: AtomicU64,
     pub publish_errors: AtomicU64,
+    /// Bytes of file input consumed, for progress reports.
+    pub bytes: AtomicU64,
 }
 
 impl Counters {
@@ -22,6 +24,9 @@ impl Counters {
     pub fn read(&self, n: u64) {
         self.read.fetch_add(n, Relaxed);
         metrics::counter!("records_read").increment(n);
+    }
+    pub fn bytes_read(&self, n: u64) {
+        self.bytes.fetch_add(n, Relaxed);
     }
     pub fn published(&self, n: u64) {
         self.published.fetch_add(n, Relaxed);

@@ -117,7 +117,40 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// Writes the fleet; returns the number of rows written.
+/// Writes the fleet to `args.out` (`-` for stdout), showing progress on stderr.
+pub fn write(args: &GenerateArgs) -> std::io::Result<u64> {
+    let total = (args.hosts * args.gpus_per_host * args.steps * METRICS.len()) as u64;
+    let mut progress = crate::progress::Progress::new("rows", total);
+    let mut on_row = |rows: u64| {
+        if rows % 4096 == 0 {
+            progress.update(rows, || format!("{rows} rows"));
+        }
+    };
+    let rows = if args.out.as_os_str() == "-" {
+        generate_with(args, &mut std::io::stdout().lock(), &mut on_row)?
+    } else {
+        let mut f = std::fs::File::create(&args.out).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot create {}: {e}", args.out.display()),
+            )
+        })?;
+        generate_with(args, &mut f, &mut on_row)?
+    };
+    progress.finish();
+    Ok(rows)
+}
+
+/// Writes the fleet to `out`; returns the number of rows.
 pub fn generate(args: &GenerateArgs, out: &mut dyn Write) -> std::io::Result<u64> {
+    generate_with(args, out, &mut |_| {})
+}
+
+fn generate_with(
+    args: &GenerateArgs,
+    out: &mut dyn Write,
+    on_row: &mut dyn FnMut(u64),
+) -> std::io::Result<u64> {
     let mut rng = StdRng::seed_from_u64(args.seed);
     let span = args.interval * args.steps.saturating_sub(1) as u32;
     let start = args
@@ -157,6 +190,7 @@ pub fn generate(args: &GenerateArgs, out: &mut dyn Write) -> std::io::Result<u64
                     v = v[m]
                 )?;
                 rows += 1;
+                on_row(rows);
             }
         }
     }

@@ -7,12 +7,15 @@ pub mod config;
 pub mod counters;
 pub mod generate;
 pub mod pipeline;
+pub mod progress;
 pub mod source;
 
 use std::sync::Arc;
 
+use telemetry::etcd::EtcdError;
 use telemetry::keys::Keys;
-use telemetry::queue::Publisher;
+use telemetry::queue::{PartitionsError, Publisher};
+use telemetry::service::{AdminServer, BadSetting, EtcdUnreachable};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -22,26 +25,68 @@ pub use crate::config::Config;
 pub use crate::counters::Counters;
 use crate::source::{Sink, Source, SourceError};
 
+/// Why a run could not start or finish.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamerError {
+    /// A setting cannot work (exit 2).
+    #[error(transparent)]
+    Setting(#[from] BadSetting),
+    /// A source failed to start.
     #[error(transparent)]
     Source(#[from] SourceError),
-    #[error("etcd was never reachable before shutdown")]
-    NoEtcd,
+    /// etcd never answered.
+    #[error(transparent)]
+    NoEtcd(#[from] EtcdUnreachable),
+    /// etcd failed while reading the queue's shape.
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
 }
+
+impl From<PartitionsError> for StreamerError {
+    fn from(e: PartitionsError) -> Self {
+        match e {
+            PartitionsError::Mismatch(s) => Self::Setting(s),
+            PartitionsError::Etcd(e) => Self::Etcd(e),
+        }
+    }
+}
+
+/// The admin address when `ADMIN_LISTEN` is not given.
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9101";
 
 /// Sockets the streamer serves on, bound by the caller (port 0 in tests).
 #[derive(Debug, Default)]
 pub struct Listeners {
+    /// `POST /api/v1/ingest` and gRPC `Ingest`.
     pub ingest: Option<TcpListener>,
-    pub admin: Option<TcpListener>,
 }
 
-fn sources(cfg: &Config) -> Result<Vec<Box<dyn Source>>, SourceError> {
+/// Shows how far a one-pass run is through its files, until `stop`.
+async fn report_progress(total_bytes: u64, counters: Arc<Counters>, stop: CancellationToken) {
+    let mut progress = progress::Progress::new("bytes", total_bytes);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    while telemetry::shutdown::or_cancel(&stop, tick.tick())
+        .await
+        .is_some()
+    {
+        let done = Counters::get(&counters.bytes);
+        progress.update(done, || {
+            format!(
+                "read={} published={}",
+                Counters::get(&counters.read),
+                Counters::get(&counters.published)
+            )
+        });
+    }
+    progress.finish();
+}
+
+/// Builds the sources, checking each setting first so that a bad one stops the start-up.
+fn sources(cfg: &Config) -> Result<Vec<Box<dyn Source>>, BadSetting> {
     let mut out: Vec<Box<dyn Source>> = Vec::new();
     if !cfg.csv.is_empty() {
         for p in &cfg.csv {
-            source::csv::open(p)?; // fail at start-up, naming the file
+            source::csv::open(p).map_err(|e| BadSetting(format!("--csv: {e}")))?;
         }
         out.push(Box::new(source::csv::CsvSource {
             paths: cfg.csv.clone(),
@@ -50,12 +95,14 @@ fn sources(cfg: &Config) -> Result<Vec<Box<dyn Source>>, SourceError> {
         }));
     }
     if let Some(url) = &cfg.dcgm_url {
+        source::dcgm::check_url(url)?;
         out.push(Box::new(source::dcgm::DcgmSource {
             url: url.clone(),
             interval: cfg.interval,
         }));
     }
     if let Some(bin) = &cfg.nvidia_smi {
+        source::nvidia_smi::check_binary(bin)?;
         let hostname = if cfg.hostname.is_empty() {
             std::fs::read_to_string("/etc/hostname")
                 .map(|h| h.trim().to_string())
@@ -80,28 +127,25 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StreamerError> {
     let sources = sources(&cfg)?;
-    telemetry::admin::metrics_handle();
-    let tracker = TaskTracker::new();
-    let Some(client) = telemetry::etcd::connect_with_retry(&cfg.etcd, &shutdown).await else {
-        return Err(StreamerError::NoEtcd);
-    };
-    if let Some(l) = listeners.admin {
-        let c = client.clone();
-        let ready: telemetry::admin::ReadyCheck = Arc::new(move || {
-            let c = c.clone();
-            Box::pin(async move { telemetry::etcd::is_ready(&c).await })
-        });
-        tracker.spawn(telemetry::admin::serve(l, ready, shutdown.clone()));
-    }
-    let publisher = Arc::new(Publisher::new(
-        client,
-        Keys::new(&cfg.etcd.prefix),
-        cfg.queue.clone(),
-    ));
+    let admin = AdminServer::start(
+        telemetry::admin::bind(cfg.admin_listen.as_deref(), DEFAULT_ADMIN_LISTEN).await?,
+    );
+    let stop_helpers = CancellationToken::new();
+    let client = telemetry::service::connect_etcd(
+        &cfg.etcd,
+        &cfg.runtime,
+        &admin.readiness,
+        &shutdown,
+        stop_helpers.clone(),
+    )
+    .await?;
+    let mut cfg = cfg;
+    let keys = Keys::new(&cfg.etcd.prefix);
+    telemetry::queue::agree(&client, &keys, &mut cfg.queue).await?;
+    let publisher = Arc::new(Publisher::new(client, keys, cfg.queue.clone()));
     let (tx, rx) = mpsc::channel(cfg.buffer);
     let (group_tx, group_rx) = mpsc::channel(cfg.publishers);
     let (throttle_tx, throttle_rx) = watch::channel(1.0);
-    let stop_helpers = CancellationToken::new();
     let give_up = CancellationToken::new();
     let stop_inputs = shutdown.child_token();
 
@@ -156,6 +200,19 @@ pub async fn run(
     drop(sink);
     inputs.close();
     if cfg.finite() {
+        let total = cfg
+            .csv
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        tokio::spawn(report_progress(
+            total,
+            counters.clone(),
+            stop_helpers.clone(),
+        ));
+    }
+    if cfg.finite() {
         tokio::select! {
             _ = inputs.wait() => {}
             _ = shutdown.cancelled() => {}
@@ -181,6 +238,6 @@ pub async fn run(
         inputs.wait().await;
     }
     stop_helpers.cancel();
-    telemetry::shutdown::drain(&tracker, cfg.runtime.shutdown_grace).await;
+    admin.stop().await;
     Ok(())
 }

@@ -49,7 +49,6 @@ async fn start_streamer(mut cfg: Config, with_ingest: bool) -> Streamer {
         cfg,
         Listeners {
             ingest: ingest_listener,
-            admin: None,
         },
         counters.clone(),
         stop.clone(),

@@ -56,10 +56,15 @@ impl CsvSource {
             pass += 1;
             for path in &self.paths {
                 let name = path.display().to_string();
-                for row in open(path)? {
+                let mut rows = open(path)?;
+                let mut done_before = 0;
+                while let Some(row) = rows.next_row() {
                     if stop.is_cancelled() {
                         return Ok(());
                     }
+                    let at = rows.position();
+                    sink.counters.bytes_read(at - done_before);
+                    done_before = at;
                     match row {
                         Ok(mut r) => {
                             if self.stamp_now {

@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use telemetry::dcgm_csv::{is_dcgm_blank, parse_labels};
 use telemetry::proto::TelemetryRecord;
 use telemetry::record::now_nanos;
+use telemetry::service::BadSetting;
 use tokio_util::sync::CancellationToken;
 
 use super::{Sink, Source, SourceError};
@@ -31,6 +32,19 @@ pub struct Sample {
 }
 
 /// Parses one exposition line; `Ok(None)` for comments and blank lines.
+/// Checks at start-up that `url` is an http(s) URL, so that a typo stops the streamer with
+/// exit 2 instead of a scrape that fails every interval.
+pub fn check_url(url: &str) -> Result<(), BadSetting> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        Ok(u) => Err(BadSetting(format!(
+            "--dcgm-url {url:?}: expected an http:// or https:// URL with a host, got scheme {:?}",
+            u.scheme()
+        ))),
+        Err(e) => Err(BadSetting(format!("--dcgm-url {url:?}: {e}"))),
+    }
+}
+
 pub fn parse_line(line: &str) -> Result<Option<Sample>, String> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {

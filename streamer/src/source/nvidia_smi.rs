@@ -1,12 +1,13 @@
 //! `nvidia-smi --query-gpu=... --format=csv,noheader,nounits`, run every interval and mapped
 //! onto the DCGM metric names, so that its readings look like dcgm-exporter's.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use telemetry::proto::TelemetryRecord;
 use telemetry::record::now_nanos;
+use telemetry::service::BadSetting;
 use tokio_util::sync::CancellationToken;
 
 use super::{Sink, Source, SourceError};
@@ -36,6 +37,34 @@ pub struct NvidiaSmiSource {
 
 /// Parses nvidia-smi's CSV output. `[N/A]` and similar fields are missing readings: they
 /// are counted in the second value, never stored as numbers.
+/// Checks at start-up that `binary` names an executable file (a path, or a name on `PATH`),
+/// so that a typo stops the streamer with exit 2 instead of a source that fails every tick.
+pub fn check_binary(binary: &Path) -> Result<(), BadSetting> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let found = if binary.components().count() > 1 {
+        executable(binary)
+    } else {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| executable(&d.join(binary))))
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(BadSetting(format!(
+            "--nvidia-smi: {} is not an executable file{}",
+            binary.display(),
+            if binary.components().count() > 1 {
+                ""
+            } else {
+                " on PATH"
+            }
+        )))
+    }
+}
+
 pub fn parse(output: &str, hostname: &str, ts: i64) -> (Vec<TelemetryRecord>, usize) {
     let mut records = Vec::new();
     let mut missing = 0;
@@ -98,10 +127,10 @@ impl Source for NvidiaSmiSource {
                         continue;
                     }
                     Err(e) => {
-                        return Err(SourceError::Unreadable {
-                            path: self.binary.display().to_string(),
-                            reason: e.to_string(),
-                        });
+                        // Checked at start-up; gone since (a driver upgrade?). Keep trying.
+                        sink.counters.csv_error();
+                        tracing::warn!(binary = %self.binary.display(), error = %e, "cannot run nvidia-smi");
+                        continue;
                     }
                 };
                 let (records, missing) = parse(

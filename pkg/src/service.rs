@@ -1,0 +1,161 @@
+//! The one start-up path of every binary: config → tracing → admin endpoints → etcd with
+//! backoff → run → drain, and the exit code that tells a script what happened (0 done, 1 a
+//! failure, 2 a bad setting).
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use etcd_client::Client;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Readiness;
+use crate::backoff::Backoff;
+use crate::config::{EtcdArgs, RuntimeArgs};
+
+/// A setting the user gave cannot work (a missing file, a taken port, a partition count that
+/// disagrees with the queue). The process stops with exit code 2 and this one-line message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadSetting(pub String);
+
+/// etcd never answered before the start-up deadline or a shutdown request.
+#[derive(Debug, thiserror::Error)]
+#[error("etcd at {endpoints} did not answer within {waited:?} (ETCD_STARTUP_TIMEOUT); last error: {last}")]
+pub struct EtcdUnreachable {
+    /// The endpoints tried.
+    pub endpoints: String,
+    /// How long we waited.
+    pub waited: Duration,
+    /// The last connection error.
+    pub last: String,
+}
+
+/// The exit code for a failed run: 2 when a setting is at fault anywhere in the error's
+/// chain, 1 otherwise.
+pub fn exit_code(err: &anyhow::Error) -> ExitCode {
+    if err.chain().any(|e| e.is::<BadSetting>()) {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// What every `main` does around its own work: validate the settings (exit 2 with a one-line
+/// error), set up tracing, run, and turn the outcome into an exit code.
+pub async fn main<C, F, Fut>(
+    mut cfg: C,
+    validate: fn(&mut C) -> Result<(), String>,
+    runtime: fn(&C) -> &RuntimeArgs,
+    run: F,
+) -> ExitCode
+where
+    F: FnOnce(C) -> Fut,
+    Fut: Future<Output = anyhow::Result<ExitCode>>,
+{
+    if let Err(e) = validate(&mut cfg) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    crate::logging::init(&runtime(&cfg).log_format);
+    match run(cfg).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            exit_code(&e)
+        }
+    }
+}
+
+/// The admin endpoints of a running process, served until [`AdminServer::stop`].
+#[derive(Debug)]
+pub struct AdminServer {
+    /// What `/ready` reports.
+    pub readiness: Readiness,
+    stop: CancellationToken,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl AdminServer {
+    /// Starts serving on `listener` (none: readiness is still kept, for the gateway's own port).
+    pub fn start(listener: Option<TcpListener>) -> Self {
+        let readiness = Readiness::new();
+        let stop = CancellationToken::new();
+        crate::admin::metrics_handle();
+        let task =
+            listener.map(|l| tokio::spawn(crate::admin::serve(l, readiness.clone(), stop.clone())));
+        Self {
+            readiness,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops serving. A finite run calls this when its work is done, so the process exits
+    /// at once instead of waiting for a signal that never comes.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Connects to etcd, retrying with backoff until it answers, `shutdown` fires, or the
+/// runtime's start-up deadline passes. Meanwhile `readiness` says why the process is not
+/// ready; once connected, a background task keeps the "etcd" condition current until `stop`.
+pub async fn connect_etcd(
+    args: &EtcdArgs,
+    runtime: &RuntimeArgs,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+    stop: CancellationToken,
+) -> Result<Client, EtcdUnreachable> {
+    let started = Instant::now();
+    let deadline =
+        (!runtime.etcd_startup_timeout.is_zero()).then(|| started + runtime.etcd_startup_timeout);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let endpoints = args.endpoints.join(",");
+    loop {
+        let last = match crate::etcd::connect(args).await {
+            Ok(client) => {
+                readiness.clear("etcd");
+                tokio::spawn(crate::etcd::track_health(
+                    client.clone(),
+                    readiness.clone(),
+                    stop,
+                ));
+                return Ok(client);
+            }
+            Err(e) => e.to_string(),
+        };
+        readiness.block(
+            "etcd",
+            format!("etcd at {endpoints} is not reachable: {last}"),
+        );
+        let wait = backoff.next_delay();
+        tracing::warn!(%endpoints, error = %last, retry_in = ?wait, "etcd is not reachable yet");
+        let wake = Instant::now() + wait;
+        let give_up = |last| EtcdUnreachable {
+            endpoints: endpoints.clone(),
+            waited: started.elapsed(),
+            last,
+        };
+        if deadline.is_some_and(|d| wake >= d) {
+            return Err(give_up(last));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(give_up(last)),
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
