@@ -73,6 +73,7 @@ pub fn app(state: AppState) -> Router {
         ))
         .with_state(state.clone());
     api.merge(telemetry::admin::router(state.readiness.clone()))
+        .layer(middleware::map_response(error::json_errors))
         .layer(middleware::from_fn(record_metrics))
         .layer(CompressionLayer::new())
         .layer(RequestBodyLimitLayer::new(state.cfg.max_request_bytes))

@@ -1,7 +1,8 @@
 //! The OpenAPI 3 document, generated from the handlers' annotations, and a docs page.
 
 use axum::response::Html;
-use utoipa::OpenApi;
+use utoipa::openapi::{RefOr, Response, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,10 +22,57 @@ use utoipa::OpenApi;
         telemetry::registry::GpuInfo,
         telemetry::registry::TelemetryEntry,
         telemetry::registry::InvalidEntry,
-        crate::api::gpus::HostInfo
-    ))
+        crate::api::gpus::HostInfo,
+        crate::error::ErrorBody,
+    )),
+    modifiers(&EveryRouteCanAnswer)
 )]
 pub struct ApiDoc;
+
+/// The statuses that the gateway's layers give on any API route, whatever the handler: the
+/// per-client rate limit, the query-size limit, etcd unreachable, and the request timeout.
+struct EveryRouteCanAnswer;
+
+impl Modify for EveryRouteCanAnswer {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let error = |what: &str| -> RefOr<Response> {
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .into()
+        };
+        let common = [
+            ("400", "a query parameter is repeated or not UTF-8"),
+            ("414", "query string too long (MAX_REQUEST_BYTES)"),
+            ("429", "rate limited; see Retry-After"),
+            ("503", "etcd or the gateway is not ready; see Retry-After"),
+            ("504", "the request took longer than REQUEST_TIMEOUT"),
+        ];
+        for item in api.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for (status, what) in common {
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error(what));
+                }
+            }
+        }
+    }
+}
 
 pub async fn spec() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(ApiDoc::openapi())

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
@@ -28,7 +28,7 @@ use telemetry::registry::TelemetryEntry;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::api::{param, Params};
+use crate::api::{param, typed_param, Params};
 use crate::error::{status_error, AppError};
 use crate::state::AppState;
 
@@ -150,11 +150,11 @@ impl Drop for Slot {
 #[utoipa::path(get, path = "/api/v1/ws/telemetry",
     params(("gpu" = Option<String>, Query, description = "GPU UUID or index"), ("hostname" = Option<String>, Query), ("metric" = Option<String>, Query),
         ("since_revision" = Option<i64>, Query, description = "replay from this etcd revision first")),
-    responses((status = 101, description = "switching to WebSocket"), (status = 503, description = "too many clients")))]
+    responses((status = 101, description = "switching to WebSocket"), (status = 400, description = "not a WebSocket request, or a bad parameter", body = crate::error::ErrorBody), (status = 404, description = "the stream is disabled", body = crate::error::ErrorBody), (status = 503, description = "too many clients", body = crate::error::ErrorBody)))]
 pub async fn ws_handler(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     State(s): State<AppState>,
-    Query(p): Query<Params>,
+    p: Params,
 ) -> Result<Response, AppError> {
     if !s.cfg.ws_enabled {
         return Ok(status_error(
@@ -163,7 +163,7 @@ pub async fn ws_handler(
             "the WebSocket stream is disabled (WS_ENABLED=false)",
         ));
     }
-    let since = param(&p, "since_revision")
+    let since = typed_param(&p, "since_revision")
         .map(|v| {
             v.parse::<i64>().ok().filter(|r| *r > 0).ok_or_else(|| {
                 AppError::bad(

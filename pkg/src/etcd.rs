@@ -38,6 +38,14 @@ impl EtcdError {
     }
 }
 
+impl EtcdError {
+    /// True when the request asked for a revision that compaction has removed (etcd answers
+    /// `OutOfRange` for exactly that).
+    pub fn is_compacted(&self) -> bool {
+        matches!(&self.source, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::OutOfRange)
+    }
+}
+
 /// Shorthand for mapping an etcd-client error with context.
 pub trait Context<T> {
     fn ctx(self, context: &'static str) -> Result<T, EtcdError>;

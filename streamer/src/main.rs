@@ -29,7 +29,9 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     let counters = Arc::new(Counters::default());
     let shutdown = telemetry::shutdown::on_signal();
     let result = streamer::run(cfg, Listeners { ingest }, counters.clone(), shutdown).await;
-    println!("{}", counters.summary());
+    if result.is_ok() || Counters::get(&counters.read) > 0 {
+        println!("{}", counters.summary());
+    }
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(StreamerError::Setting(s)) => Err(s.into()),

@@ -2,20 +2,20 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use serde::Serialize;
 
 use super::{ok, param, Page, Params};
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
 use crate::state::AppState;
 
 /// List every GPU with telemetry.
 #[utoipa::path(get, path = "/api/v1/gpus", params(("hostname" = Option<String>, Query, description = "only this host's GPUs")),
-    responses((status = 200, description = "GPUs", body = [telemetry::registry::GpuInfo])))]
+    responses((status = 200, description = "GPUs", body = Page<telemetry::registry::GpuInfo>)))]
 pub async fn list_gpus(
     State(s): State<AppState>,
-    Query(p): Query<Params>,
+    p: Params,
 ) -> Result<Json<Page<telemetry::registry::GpuInfo>>, AppError> {
     let host = param(&p, "hostname");
     let gpus: Vec<_> = s
@@ -27,6 +27,7 @@ pub async fn list_gpus(
     Ok(ok(gpus, None))
 }
 
+/// A host with telemetry.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HostInfo {
     pub hostname: String,
@@ -35,7 +36,7 @@ pub struct HostInfo {
 }
 
 /// List every host with telemetry.
-#[utoipa::path(get, path = "/api/v1/hosts", responses((status = 200, description = "hosts", body = [HostInfo])))]
+#[utoipa::path(get, path = "/api/v1/hosts", responses((status = 200, description = "hosts", body = Page<HostInfo>)))]
 pub async fn list_hosts(State(s): State<AppState>) -> Json<Page<HostInfo>> {
     let mut hosts: BTreeMap<String, HostInfo> = BTreeMap::new();
     for g in s.registry.all() {
@@ -54,7 +55,7 @@ pub async fn list_hosts(State(s): State<AppState>) -> Json<Page<HostInfo>> {
 
 /// List one host's GPUs.
 #[utoipa::path(get, path = "/api/v1/hosts/{hostname}/gpus", params(("hostname" = String, Path, description = "host name")),
-    responses((status = 200, description = "GPUs", body = [telemetry::registry::GpuInfo]), (status = 404, description = "unknown host")))]
+    responses((status = 200, description = "GPUs", body = Page<telemetry::registry::GpuInfo>), (status = 404, description = "unknown host", body = ErrorBody)))]
 pub async fn host_gpus(
     State(s): State<AppState>,
     Path(hostname): Path<String>,

@@ -6,7 +6,7 @@
 //! order the cursor records.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -15,9 +15,13 @@ use telemetry::keys::key_time_of;
 use telemetry::registry::TelemetryEntry;
 use telemetry::store::scan;
 
-use super::{ok, param, Params};
+/// The longest one etcd read of a query may take: well under the request timeout, so that a
+/// stopped etcd gets a prompt 503 with `Retry-After`, not a hung request.
+const ETCD_READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+
+use super::{ok, param, typed_param, Page, Params};
 use crate::cursor::Cursor;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
 use crate::state::AppState;
 
 pub const DEFAULT_LIMIT: usize = 100;
@@ -64,27 +68,27 @@ fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, Ap
     params(
         ("id" = String, Path, description = "GPU UUID, or GPU index such as 0"),
         ("hostname" = Option<String>, Query, description = "narrow an index to one host"),
-        ("start_time" = Option<String>, Query, description = "RFC 3339, inclusive"),
-        ("end_time" = Option<String>, Query, description = "RFC 3339, exclusive"),
+        ("start_time" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive"),
+        ("end_time" = Option<String>, Query, format = DateTime, description = "RFC 3339, exclusive"),
         ("metric" = Option<String>, Query, description = "only this metric"),
-        ("limit" = Option<u32>, Query, description = "default 100, at most 10000"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "default 100, at most 10000"),
+        ("cursor" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]*$", description = "next_cursor of the previous page (opaque)"),
     ),
-    responses((status = 200, description = "telemetry entries", body = [TelemetryEntry]), (status = 400, description = "bad parameter"), (status = 404, description = "unknown GPU")))]
+    responses((status = 200, description = "telemetry entries", body = Page<TelemetryEntry>), (status = 400, description = "bad parameter", body = ErrorBody), (status = 404, description = "unknown GPU", body = ErrorBody)))]
 pub async fn gpu_telemetry(
     State(s): State<AppState>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
-    Query(p): Query<Params>,
+    p: Params,
 ) -> Result<Response, AppError> {
-    let limit = parse_limit(param(&p, "limit"))?;
-    let start = parse_time("start_time", param(&p, "start_time"))?;
-    let end = parse_time("end_time", param(&p, "end_time"))?;
+    let limit = parse_limit(typed_param(&p, "limit"))?;
+    let start = parse_time("start_time", typed_param(&p, "start_time"))?;
+    let end = parse_time("end_time", typed_param(&p, "end_time"))?;
     if let (Some(a), Some(b)) = (start, end) {
-        if a >= b {
+        if a > b {
             return Err(AppError::bad(
                 "INVALID_RANGE",
-                "start_time must be before end_time",
+                "start_time must not be after end_time",
             ));
         }
     }
@@ -96,6 +100,10 @@ pub async fn gpu_telemetry(
     let targets = s.registry.resolve(&id, param(&p, "hostname"));
     if targets.is_empty() {
         return Err(AppError::NotFound(format!("no GPU {id:?} has telemetry")));
+    }
+    if start.is_some() && start == end {
+        // [t, t) holds nothing.
+        return Ok(ok(Vec::<TelemetryEntry>::new(), None).into_response());
     }
     let gpu_prefixes: Vec<String> = targets
         .iter()
@@ -125,7 +133,7 @@ pub async fn gpu_telemetry(
         };
         let (entries, rev) =
             match read_gpu(&s, prefix, &from, &hi, metric, limit + 1, revision).await {
-                Err(AppError::Etcd(e)) if revision > 0 && e.to_string().contains("compacted") => {
+                Err(AppError::Etcd(e)) if revision > 0 && e.is_compacted() => {
                     // The snapshot is gone; continue at the latest revision from the same position.
                     read_gpu(&s, prefix, &from, &hi, metric, limit + 1, 0).await?
                 }
@@ -203,7 +211,16 @@ async fn read_gpu(
     } as i64;
     let mut out = Vec::new();
     loop {
-        let (rows, more, rev) = scan(&s.client, &next, &end, chunk, revision).await?;
+        let (rows, more, rev) = tokio::time::timeout(
+            ETCD_READ_DEADLINE,
+            scan(&s.client, &next, &end, chunk, revision),
+        )
+        .await
+        .map_err(|_| {
+            AppError::Unavailable(format!(
+                "etcd did not answer within {ETCD_READ_DEADLINE:?}; retry shortly"
+            ))
+        })??;
         // Pin every later read to the first one's revision: one snapshot for all pages.
         if revision == 0 {
             revision = rev;
