@@ -33,7 +33,8 @@ build-gateway: deps ## Build bin/gateway only
 	$(CARGO) build --release -p gateway
 	@$(call install_bin,gateway) && echo "built: bin/gateway"
 
-test: deps ## Run every test: unit, integration and end-to-end, on real etcd
+test: ## Run every test: unit, integration and end-to-end, on real etcd
+	@TESTS=1 bash .ci/deps.sh
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 

@@ -136,7 +136,7 @@ pub async fn bind(setting: Option<&str>, default: &str) -> Result<Option<TcpList
                 .map_err(|e| BadSetting(format!("ADMIN_LISTEN: cannot bind {fallback}: {e}")))?;
             tracing::warn!(
                 default = addr,
-                bound = ?l.local_addr().ok(),
+                bound = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
                 "the default admin port is taken (another process on this host?); serving /health, /ready and /metrics on another port"
             );
             Ok(Some(l))
@@ -153,7 +153,9 @@ pub async fn serve(
     readiness: Readiness,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    tracing::info!(addr = ?listener.local_addr().ok(), "serving /health, /ready and /metrics");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /health, /ready and /metrics");
+    }
     axum::serve(listener, router(readiness))
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await

@@ -122,7 +122,7 @@ pub fn write(args: &GenerateArgs) -> std::io::Result<u64> {
     let total = (args.hosts * args.gpus_per_host * args.steps * METRICS.len()) as u64;
     let mut progress = crate::progress::Progress::new("rows", total);
     let mut on_row = |rows: u64| {
-        if rows % 4096 == 0 {
+        if rows.is_multiple_of(4096) {
             progress.update(rows, || format!("{rows} rows"));
         }
     };

@@ -5,7 +5,6 @@
 //! crate, else `etcd` on PATH (Debian's `etcd-server`). If none runs, the harness panics with
 //! the install command: a test that needs etcd never passes without one.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -31,12 +30,7 @@ pub fn etcd_binary() -> PathBuf {
     panic!("no etcd binary found: set ETCD_BIN, or install one with `apt-get install etcd-server` (or run `make deps`)");
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+use crate::process::free_port;
 
 struct Member {
     name: String,

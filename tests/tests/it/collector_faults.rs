@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use pipeline_tests::checks::{checksum, csv_records, doubles, stored_records};
+use pipeline_tests::process::{free_port, signal_pid};
 use pipeline_tests::services::{
     binary, count, init_tracing, start_collector, unique_prefix, wait_until,
 };
@@ -33,14 +34,6 @@ fn generate(dir: &Path, hosts: usize, steps: usize) -> std::path::PathBuf {
     out
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Proc {
     child: Child,
     admin: u16,
@@ -64,15 +57,7 @@ fn spawn_collector(endpoints: &[String], prefix: &str, id: &str) -> Proc {
 }
 
 fn signal(p: &Proc, sig: i32) {
-    // SAFETY-free: libc::kill on a child we own.
-    let rc = unsafe_kill(p.child.id() as i32, sig);
-    assert_eq!(rc, 0, "kill({sig}) failed");
-}
-
-#[allow(unsafe_code)]
-fn unsafe_kill(pid: i32, sig: i32) -> i32 {
-    // SAFETY: sending a signal to a process id we spawned has no memory-safety implications.
-    unsafe { libc::kill(pid, sig) }
+    assert!(signal_pid(p.child.id(), sig), "kill({sig}) failed");
 }
 
 async fn metric(admin: u16, name: &str) -> f64 {

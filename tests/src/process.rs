@@ -1,0 +1,147 @@
+//! The binaries as users run them: child processes with their logs captured, signalled and
+//! waited on, and killed when the test ends however it ends.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A free loopback port (bound, then released: the caller binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Sends `sig` to `pid`.
+#[allow(unsafe_code)]
+pub fn signal_pid(pid: u32, sig: i32) -> bool {
+    // SAFETY: sending a signal to a process id we spawned has no memory-safety implications.
+    unsafe { libc::kill(pid as i32, sig) == 0 }
+}
+
+/// A running binary whose stdout and stderr are collected line by line. Dropping it kills
+/// the process (SIGKILL), so a failed assertion leaves nothing behind.
+pub struct Proc {
+    name: String,
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+fn collect(stream: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            into.lock().unwrap().push(line);
+        }
+    });
+}
+
+impl Proc {
+    /// Starts `cmd` with its output captured.
+    pub fn spawn(name: &str, cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let (stdout, stderr) = (Arc::default(), Arc::default());
+        collect(child.stdout.take().unwrap(), Arc::clone(&stdout));
+        collect(child.stderr.take().unwrap(), Arc::clone(&stderr));
+        Self {
+            name: name.to_string(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (libc's number, e.g. `libc::SIGTERM`).
+    pub fn signal(&self, sig: i32) {
+        assert!(
+            signal_pid(self.pid(), sig),
+            "kill({sig}) on {} failed",
+            self.name
+        );
+    }
+
+    /// Everything printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().join("\n")
+    }
+
+    /// Everything printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Waits for the process to exit, at most `timeout`; `None` if it is still running.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Let the reader threads take the last lines.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Some(status);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until a stderr line contains `needle`, and returns that line.
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} never logged {needle:?}; its stderr:\n{}",
+                self.name,
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The admin address the process logged (`serving /health, /ready and /metrics`), as
+    /// `127.0.0.1:PORT`: the one way to find a port chosen because the default was taken.
+    pub async fn admin_addr(&self) -> String {
+        let line = self
+            .wait_for_log("and /metrics addr=", Duration::from_secs(30))
+            .await;
+        let port = line
+            .rsplit_once("addr=")
+            .and_then(|(_, a)| a.trim_matches('"').rsplit_once(':'))
+            .map(|(_, p)| {
+                p.trim_end_matches(|c: char| !c.is_ascii_digit())
+                    .to_string()
+            })
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        format!("127.0.0.1:{port}")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

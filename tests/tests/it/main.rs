@@ -1,0 +1,10 @@
+//! Every integration and end-to-end test, in one test binary (one link of the workspace
+//! instead of one per file). Each module starts real etcd processes on free loopback ports.
+
+mod collector_faults;
+mod collector_protocol;
+mod gateway_api;
+mod openapi;
+mod pipeline;
+mod readme;
+mod streamer_inputs;

@@ -1,0 +1,343 @@
+//! The README's commands as a user runs them: the real binaries as processes, with their
+//! default admin listeners (no `ADMIN_LISTEN`), against a real etcd.
+
+use std::process::Command;
+use std::time::Duration;
+
+use futures::StreamExt;
+use pipeline_tests::process::{free_port, Proc};
+use pipeline_tests::services::{binary, count, unique_prefix, wait_until};
+use pipeline_tests::{sample_csv, EtcdCluster};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A binary with the pipeline's environment and nothing else of ours.
+fn cmd(name: &str, endpoints: &[String], prefix: &str) -> Command {
+    let mut c = Command::new(binary(name));
+    c.env("ETCD_ENDPOINTS", endpoints.join(","))
+        .env("ETCD_PREFIX", prefix)
+        .env("RUST_LOG", "info")
+        .env_remove("ADMIN_LISTEN");
+    c
+}
+
+async fn get(url: &str) -> Option<(u16, serde_json::Value)> {
+    let resp = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    let status = resp.status().as_u16();
+    Some((status, resp.json().await.unwrap_or_default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_pass_streamer_exits_as_soon_as_its_file_is_published() {
+    let etcd = EtcdCluster::single().await;
+    let prefix = unique_prefix("readme-one-pass");
+    let mut streamer = Proc::spawn(
+        "streamer",
+        cmd("streamer", &etcd.endpoints(), &prefix)
+            .arg("--csv")
+            .arg(sample_csv())
+            .env("SHUTDOWN_GRACE", "60s"),
+    );
+    // A contract check, not a speed check: 20 s is a third of the grace period, and the file
+    // takes well under a second.
+    let status = streamer.wait_exit(Duration::from_secs(20)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?}; stderr:\n{}",
+        streamer.stderr()
+    );
+    assert!(
+        streamer
+            .stdout()
+            .contains("read=2470 published=2470 invalid=0"),
+        "{}",
+        streamer.stdout()
+    );
+    assert!(!streamer.stderr().contains("grace period ran out"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_collectors_and_two_streamers_run_side_by_side_on_one_host() {
+    let etcd = EtcdCluster::single().await;
+    let prefix = unique_prefix("readme-side-by-side");
+    let eps = etcd.endpoints();
+    let collectors: Vec<Proc> = (0..2)
+        .map(|_| Proc::spawn("collector", &mut cmd("collector", &eps, &prefix)))
+        .collect();
+    let ingest_ports = [free_port(), free_port()];
+    let streamers: Vec<Proc> = ingest_ports
+        .iter()
+        .map(|p| {
+            Proc::spawn(
+                "streamer",
+                cmd("streamer", &eps, &prefix).args(["--listen", &format!("127.0.0.1:{p}")]),
+            )
+        })
+        .collect();
+    // Four processes, each with its own admin port, each ready.
+    let mut admins = Vec::new();
+    for p in collectors.iter().chain(&streamers) {
+        admins.push(p.admin_addr().await);
+    }
+    admins.sort();
+    admins.dedup();
+    assert_eq!(
+        admins.len(),
+        4,
+        "every process serves its own admin port: {admins:?}"
+    );
+    for a in &admins {
+        let ready = wait_until(Duration::from_secs(30), || async {
+            get(&format!("http://{a}/ready"))
+                .await
+                .is_some_and(|(s, _)| s == 200)
+        })
+        .await;
+        assert!(ready, "{a} never became ready");
+    }
+    // Half of the real CSV through each streamer; all of it stored once.
+    let csv = std::fs::read_to_string(sample_csv()).unwrap();
+    let (header, rows) = csv.split_once('\n').unwrap();
+    let rows: Vec<&str> = rows.lines().collect();
+    let http = reqwest::Client::new();
+    for (i, half) in rows.chunks(rows.len().div_ceil(2)).enumerate() {
+        let body = format!("{header}\n{}\n", half.join("\n"));
+        let resp = http
+            .post(format!(
+                "http://127.0.0.1:{}/api/v1/ingest",
+                ingest_ports[i]
+            ))
+            .header("content-type", "text/csv")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status().as_u16(),
+            202,
+            "{}",
+            resp.text().await.unwrap()
+        );
+    }
+    let client = etcd.client().await;
+    let data = format!("{prefix}/telemetry/data/");
+    let stored = wait_until(Duration::from_secs(60), || async {
+        count(&client, &data).await == 2470
+    })
+    .await;
+    assert!(stored, "stored {} of 2470", count(&client, &data).await);
+    for p in collectors.iter().chain(&streamers) {
+        assert!(
+            !p.stderr().contains("Address already in use"),
+            "{}",
+            p.stderr()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_ready_answer_while_etcd_is_down_and_ready_returns_with_it() {
+    let mut etcd = EtcdCluster::single().await;
+    let prefix = unique_prefix("readme-etcd-down");
+    let eps = etcd.endpoints();
+    // etcd is down before the processes start: they must answer at once all the same.
+    etcd.kill(0);
+    let gateway_port = free_port();
+    let collector = Proc::spawn("collector", &mut cmd("collector", &eps, &prefix));
+    let streamer = Proc::spawn(
+        "streamer",
+        cmd("streamer", &eps, &prefix).args(["--listen", &format!("127.0.0.1:{}", free_port())]),
+    );
+    let gateway = Proc::spawn(
+        "gateway",
+        cmd("gateway", &eps, &prefix).env("GATEWAY_PORT", gateway_port.to_string()),
+    );
+    let mut bases = vec![format!("127.0.0.1:{gateway_port}")];
+    bases.push(collector.admin_addr().await);
+    bases.push(streamer.admin_addr().await);
+
+    let not_ready_with_a_reason = |base: String| async move {
+        let health = get(&format!("http://{base}/health")).await;
+        let ready = get(&format!("http://{base}/ready")).await;
+        matches!(health, Some((200, _)))
+            && ready.is_some_and(|(s, body)| {
+                s == 503 && body["reason"].as_str().is_some_and(|r| r.contains("etcd"))
+            })
+    };
+    for b in &bases {
+        let b2 = b.clone();
+        assert!(
+            wait_until(Duration::from_secs(10), || not_ready_with_a_reason(
+                b2.clone()
+            ))
+            .await,
+            "{b}: /health must be 200 and /ready 503 naming etcd while etcd is down"
+        );
+    }
+    // The API says why too, in the contract's shape.
+    let (status, body) = get(&format!("http://127.0.0.1:{gateway_port}/api/v1/gpus"))
+        .await
+        .unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["success"], false);
+
+    etcd.restart(0).await;
+    for b in &bases {
+        let ready = wait_until(Duration::from_secs(60), || async {
+            get(&format!("http://{b}/ready"))
+                .await
+                .is_some_and(|(s, _)| s == 200)
+        })
+        .await;
+        assert!(ready, "{b} never became ready once etcd was back");
+    }
+
+    // Stopped again while running: not ready with a reason, answered at once.
+    etcd.kill(0);
+    for b in &bases {
+        let b2 = b.clone();
+        assert!(
+            wait_until(Duration::from_secs(10), || not_ready_with_a_reason(
+                b2.clone()
+            ))
+            .await,
+            "{b}: /ready must turn 503 naming etcd when etcd goes away"
+        );
+    }
+    drop((collector, streamer, gateway));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partition_count_belongs_to_the_queue_and_a_mismatch_is_refused() {
+    let etcd = EtcdCluster::single().await;
+    let prefix = unique_prefix("readme-partitions");
+    let eps = etcd.endpoints();
+    let mut first = Proc::spawn(
+        "streamer",
+        cmd("streamer", &eps, &prefix)
+            .arg("--csv")
+            .arg(sample_csv())
+            .env("MQ_PARTITIONS", "4"),
+    );
+    assert!(first
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .is_some_and(|s| s.success()));
+
+    let mut wrong = Proc::spawn(
+        "collector",
+        cmd("collector", &eps, &prefix).env("MQ_PARTITIONS", "8"),
+    );
+    let status = wrong.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{}", wrong.stderr());
+    let err = wrong.stderr();
+    assert!(
+        err.contains("MQ_PARTITIONS=8") && err.contains("4 partitions"),
+        "the error names both values: {err}"
+    );
+
+    // Unset, a collector adopts the queue's count and stores everything.
+    let _collector = Proc::spawn("collector", &mut cmd("collector", &eps, &prefix));
+    let client = etcd.client().await;
+    let data = format!("{prefix}/telemetry/data/");
+    let stored = wait_until(Duration::from_secs(60), || async {
+        count(&client, &data).await == 2470
+    })
+    .await;
+    assert!(stored, "stored {} of 2470", count(&client, &data).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_shutdown_closes_websockets_with_1001() {
+    let etcd = EtcdCluster::single().await;
+    let prefix = unique_prefix("readme-ws-close");
+    let port = free_port();
+    let mut gateway = Proc::spawn(
+        "gateway",
+        cmd("gateway", &etcd.endpoints(), &prefix).env("GATEWAY_PORT", port.to_string()),
+    );
+    let up = wait_until(Duration::from_secs(30), || async {
+        get(&format!("http://127.0.0.1:{port}/ready"))
+            .await
+            .is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    assert!(up, "{}", gateway.stderr());
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/api/v1/ws/telemetry"))
+            .await
+            .unwrap();
+    gateway.signal(libc::SIGTERM);
+    let close = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(msg) = ws.next().await {
+            if let Ok(Message::Close(frame)) = msg {
+                return frame;
+            }
+        }
+        None
+    })
+    .await
+    .expect("a close frame within the grace period");
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::Away));
+    let status = gateway.wait_exit(Duration::from_secs(35)).await;
+    assert!(status.is_some_and(|s| s.success()), "{}", gateway.stderr());
+}
+
+#[tokio::test]
+async fn bad_settings_stop_each_binary_with_exit_2_and_one_line_naming_them() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    /// Binary, arguments, environment, and the setting the error must name.
+    type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        ("streamer", vec!["--csv", "/no/such.csv"], vec![], "--csv"),
+        (
+            "streamer",
+            vec!["--nvidia-smi=/no/such/binary"],
+            vec![],
+            "--nvidia-smi",
+        ),
+        (
+            "streamer",
+            vec!["--dcgm-url", "not a url"],
+            vec![],
+            "--dcgm-url",
+        ),
+        (
+            "streamer",
+            vec!["--listen", &taken],
+            vec![],
+            "INGEST_LISTEN",
+        ),
+        (
+            "collector",
+            vec![],
+            vec![("ADMIN_LISTEN", &taken)],
+            "ADMIN_LISTEN",
+        ),
+        (
+            "gateway",
+            vec![],
+            vec![("CORS_ORIGINS", "example.com")],
+            "CORS_ORIGINS",
+        ),
+    ];
+    for (bin, args, env, names) in cases {
+        let out = Command::new(binary(bin))
+            .args(&args)
+            .envs(env.iter().copied())
+            .env("ETCD_ENDPOINTS", "127.0.0.1:1")
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bin} {args:?} {env:?}: {err}");
+        assert!(err.contains(names), "{bin} {args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+}
