@@ -122,7 +122,26 @@ pub async fn run(
     // One lease at a time; a lost lease stops every worker, then we start over with a new one.
     let mut backoff =
         telemetry::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    // The lease we declared lost: etcd restores leases when it restarts, so it may still hold
+    // our partition claims, and nobody (not even us) could claim them until it expired.
+    // Revoking it frees them at once; the fence keeps anything committed under it exact.
+    let mut abandoned: Option<i64> = None;
     while !shutdown.is_cancelled() {
+        if let Some(old) = abandoned {
+            match client.clone().lease_revoke(old).await {
+                Ok(_) => {
+                    tracing::info!(
+                        lease = old,
+                        "revoked the lease we lost; its partitions are free"
+                    );
+                    abandoned = None;
+                }
+                Err(e) if telemetry::etcd::is_not_found(&e) => abandoned = None,
+                Err(e) => {
+                    tracing::debug!(lease = old, error = %e, "cannot revoke the lost lease yet")
+                }
+            }
+        }
         let lease_stop = CancellationToken::new();
         let lease = match KeptLease::grant(
             &client,
@@ -147,6 +166,7 @@ pub async fn run(
         backoff.reset();
         let result = assignment::run(shared.clone(), lease.clone(), shutdown.clone()).await;
         lease_stop.cancel();
+        abandoned = Some(lease.id);
         if shutdown.is_cancelled() {
             let _ = client.clone().lease_revoke(lease.id).await;
         } else if let Err(e) = result {

@@ -46,6 +46,11 @@ impl EtcdError {
     }
 }
 
+/// True when etcd answered NotFound (e.g. a lease that expired or was revoked already).
+pub fn is_not_found(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::NotFound)
+}
+
 /// Shorthand for mapping an etcd-client error with context.
 pub trait Context<T> {
     fn ctx(self, context: &'static str) -> Result<T, EtcdError>;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use pipeline_tests::checks::{checksum, csv_records, doubles, stored_records};
 use pipeline_tests::process::{free_port, signal_pid};
 use pipeline_tests::services::{
-    binary, count, init_tracing, start_collector, unique_prefix, wait_until,
+    binary, count, init_tracing, start_collector, stream_csv, unique_prefix, wait_until,
 };
 use pipeline_tests::EtcdCluster;
 use tokio_util::sync::CancellationToken;
@@ -212,4 +212,56 @@ async fn killing_the_etcd_leader_mid_run_loses_nothing() {
     assert_eq!(checksum(&stored), checksum(&expected));
     etcd.restart(leader).await;
     collector.shutdown().await.unwrap();
+}
+
+/// etcd restores leases when it restarts. A collector that declared its lease lost while etcd
+/// was down must not wait for that old lease (and the partition claims under it) to expire
+/// again: it revokes it, and claims its partitions at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_etcd_restart_collectors_reclaim_their_partitions_without_waiting_out_the_old_lease(
+) {
+    init_tracing();
+    let mut etcd = EtcdCluster::single().await;
+    let prefix = unique_prefix("restart-lease");
+    let ttl = Duration::from_secs(30);
+    let collector = pipeline_tests::process::Proc::spawn(
+        "collector",
+        Command::new(binary("collector"))
+            .env("ETCD_ENDPOINTS", etcd.endpoints().join(","))
+            .env("ETCD_PREFIX", &prefix)
+            .env("ADMIN_LISTEN", "")
+            .env("MQ_PROCESSING_TIMEOUT", format!("{}s", ttl.as_secs())),
+    );
+    let owners = format!("{prefix}/queue/owner/");
+    {
+        let client = etcd.client().await;
+        assert!(
+            wait_until(Duration::from_secs(30), || async {
+                count(&client, &owners).await == 16
+            })
+            .await,
+            "the collector claims every partition"
+        );
+    }
+    // Down for longer than the lease's TTL: the collector declares its lease lost.
+    etcd.kill(0);
+    tokio::time::sleep(ttl + Duration::from_secs(3)).await;
+    etcd.restart(0).await;
+    let restarted = tokio::time::Instant::now();
+    let client = etcd.client().await;
+    stream_csv(etcd.endpoints(), &prefix, &[&pipeline_tests::sample_csv()]).await;
+    let data = format!("{prefix}/telemetry/data/");
+    // The old lease lives another TTL after the restart; stored well inside it means the
+    // partitions were reclaimed without waiting for it.
+    let stored = wait_until(ttl * 2 / 3, || async {
+        count(&client, &data).await == 2470
+    })
+    .await;
+    assert!(
+        stored,
+        "stored {} of 2470 within {:?} of the restart; collector log:\n{}",
+        count(&client, &data).await,
+        restarted.elapsed(),
+        collector.stderr()
+    );
 }
