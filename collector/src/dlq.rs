@@ -98,11 +98,76 @@ pub async fn list(client: &Client, keys: &Keys) -> Result<Vec<DeadLetter>, EtcdE
         .collect())
 }
 
-/// Puts dead letters back in their partition and removes them from the dead-letter area, in
-/// one Txn each. Returns the ids requeued.
+/// Dead-letters messages queued in a partition the queue does not have (at or above
+/// `partitions`): no collector would ever claim them. Each move is one Txn that compares the
+/// message's revision, so collectors sweeping at the same time move it once. Returns how many
+/// it moved.
+pub async fn sweep_stray_partitions(
+    client: &Client,
+    keys: &Keys,
+    partitions: u16,
+) -> Result<usize, EtcdError> {
+    let from = keys.queue_partition(partitions);
+    let opts = GetOptions::new()
+        .with_range(telemetry::keys::prefix_end(&keys.queue_root()))
+        .with_limit(64);
+    let resp = client
+        .kv_client()
+        .get(from, Some(opts))
+        .await
+        .ctx("read stray partitions")?;
+    let mut moved = 0;
+    for kv in resp.kvs() {
+        let Ok(key) = kv.key_str() else { continue };
+        let rest = key.strip_prefix(&keys.queue_root()).unwrap_or(key);
+        let (partition, message_id) = rest.split_once('/').unwrap_or((rest, rest));
+        let letter = DeadLetter {
+            message_id: message_id.to_string(),
+            partition: partition.parse().unwrap_or(u16::MAX),
+            reason: format!(
+                "queued in partition {partition:?}, but the queue has {partitions} partitions (0..{}): no collector claims it",
+                partitions - 1
+            ),
+            attempts: 0,
+            records: 0,
+            dead_at: chrono::Utc::now().to_rfc3339(),
+            payload_hex: hex::encode(kv.value()),
+        };
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key,
+                CompareOp::Equal,
+                kv.mod_revision(),
+            )])
+            .and_then([
+                TxnOp::put(
+                    keys.dead_letter(message_id),
+                    serde_json::to_vec(&letter).unwrap_or_default(),
+                    None,
+                ),
+                TxnOp::delete(key, None),
+            ]);
+        if client
+            .kv_client()
+            .txn(txn)
+            .await
+            .ctx("dead-letter a stray")?
+            .succeeded()
+        {
+            tracing::warn!(%key, reason = %letter.reason, "dead-lettered a message no collector would claim");
+            moved += 1;
+        }
+    }
+    Ok(moved)
+}
+
+/// Puts dead letters back on the queue and removes them from the dead-letter area, in one Txn
+/// each: into their own partition, or, for one the queue does not have, into a partition it
+/// has. Returns the ids requeued.
 pub async fn requeue(
     client: &Client,
     keys: &Keys,
+    partitions: u16,
     ids: &[String],
 ) -> Result<Vec<String>, EtcdError> {
     let mut done = Vec::new();
@@ -119,7 +184,7 @@ pub async fn requeue(
             .when([Compare::version(dead_key.as_str(), CompareOp::Greater, 0)])
             .and_then([
                 TxnOp::put(
-                    keys.queue_message(letter.partition, &letter.message_id),
+                    keys.queue_message(letter.partition % partitions, &letter.message_id),
                     payload,
                     None,
                 ),

@@ -184,13 +184,27 @@ pub async fn run(
     Ok(())
 }
 
+/// Samples the queue depth every second, and every rescan interval dead-letters messages
+/// in partitions the queue does not have.
 async fn sample_queue_depth(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut last_sweep = tokio::time::Instant::now() - shared.cfg.rescan_interval;
     while telemetry::shutdown::or_cancel(&stop, tokio::time::sleep(Duration::from_secs(1)))
         .await
         .is_some()
     {
         if let Ok(d) = telemetry::queue::queue_depth(&shared.client, &shared.keys).await {
             ::metrics::gauge!("queue_depth").set(d as f64);
+        }
+        if last_sweep.elapsed() >= shared.cfg.rescan_interval {
+            last_sweep = tokio::time::Instant::now();
+            let partitions = shared.cfg.queue.partitions();
+            if let Ok(n) =
+                dlq::sweep_stray_partitions(&shared.client, &shared.keys, partitions).await
+            {
+                for _ in 0..n {
+                    shared.stats.dead_lettered();
+                }
+            }
         }
     }
 }

@@ -35,6 +35,8 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let client = telemetry::etcd::connect(&cfg.etcd).await?;
+    let mut queue = cfg.queue.clone();
+    telemetry::queue::agree(&client, &keys, &mut queue).await?;
     match action {
         DlqAction::List => {
             for letter in collector::dlq::list(&client, &keys).await? {
@@ -44,7 +46,7 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
             }
         }
         DlqAction::Requeue { ids } => {
-            let done = collector::dlq::requeue(&client, &keys, ids).await?;
+            let done = collector::dlq::requeue(&client, &keys, queue.partitions(), ids).await?;
             println!("requeued {} dead letter(s)", done.len());
         }
     }

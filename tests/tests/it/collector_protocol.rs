@@ -314,10 +314,59 @@ async fn invalid_records_are_kept_with_their_reasons_and_bad_messages_are_dead_l
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("undecodable"), "{}", dead[0].reason);
     collector.shutdown().await.unwrap();
-    let requeued = collector::dlq::requeue(&client, &keys, &[]).await.unwrap();
+    let requeued = collector::dlq::requeue(&client, &keys, 1, &[])
+        .await
+        .unwrap();
     assert_eq!(requeued, vec!["01JUNKJUNKJUNKJUNKJUNKJUNK".to_string()]);
     assert_eq!(count(&client, &keys.queue_root()).await, 1);
     assert_eq!(count(&client, &keys.dead_letters_root()).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_in_a_partition_the_queue_does_not_have_is_dead_lettered_with_its_reason() {
+    init_tracing();
+    let etcd = EtcdCluster::single().await;
+    let client = etcd.client().await;
+    let prefix = unique_prefix("stray");
+    let keys = Keys::new(&prefix);
+    // Written by hand, as a producer with a wrong partition count would: partition 20 of 16.
+    let msg = telemetry::queue::envelope(vec![], telemetry::queue::SCHEMA_VERSION);
+    client
+        .clone()
+        .put(keys.queue_message(20, &msg.id), msg.encode_to_vec(), None)
+        .await
+        .unwrap();
+    let (collector, stats) = start_collector(etcd.endpoints(), &prefix, |_| {});
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            count(&client, &keys.queue_root()).await == 0
+        })
+        .await,
+        "the stray message leaves the queue"
+    );
+    let dead = collector::dlq::list(&client, &keys).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].reason.contains("16 partitions"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(collector::Stats::get(&stats.dead_lettered), 1);
+    collector.shutdown().await.unwrap();
+    // Requeued, it lands in a partition the queue has.
+    collector::dlq::requeue(&client, &keys, 16, &[])
+        .await
+        .unwrap();
+    let queued = client
+        .clone()
+        .get(keys.queue_root(), Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(queued.kvs().len(), 1);
+    assert!(queued.kvs()[0]
+        .key_str()
+        .unwrap()
+        .starts_with(&keys.queue_partition(4)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
