@@ -102,6 +102,13 @@ impl QueueArgs {
     pub fn records_per_message(&self) -> usize {
         (self.max_txn_ops as usize).saturating_sub(2).max(1)
     }
+
+    /// Most record bytes in one message. The message must fit one request, and so must its
+    /// commit, which puts every record again under its own key: half the request limit leaves
+    /// room for the keys. Real records fill a message by count long before (126 × ~300 B).
+    pub fn message_bytes(&self) -> usize {
+        self.max_request_bytes as usize / 2
+    }
 }
 
 #[cfg(test)]

@@ -139,6 +139,12 @@ fn parse_row(
     let value: f64 = raw_value
         .parse()
         .map_err(|_| invalid(format!("value {raw_value:?} is not a number")))?;
+    if !value.is_finite() {
+        // NaN, ±inf, and numbers too large for an f64 (1e400 parses as inf).
+        return Err(invalid(format!(
+            "value {raw_value:?} is not a finite number"
+        )));
+    }
     if is_dcgm_blank(value) {
         return Err(RowError::MissingReading {
             line,
@@ -187,10 +193,9 @@ pub fn is_dcgm_blank(v: f64) -> bool {
     const FP64_BLANK: f64 = 140_737_488_355_328.0;
     const INT32_BLANK: f64 = 2_147_483_632.0;
     const INT64_BLANK: f64 = 9_223_372_036_854_775_792.0;
-    !v.is_finite()
-        || (FP64_BLANK..=FP64_BLANK + 16.0).contains(&v)
+    (FP64_BLANK..=FP64_BLANK + 16.0).contains(&v)
         || (INT32_BLANK..=2_147_483_647.0).contains(&v)
-        || v >= INT64_BLANK - 1024.0
+        || (INT64_BLANK - 1024.0..=9_223_372_036_854_775_808.0).contains(&v)
 }
 
 /// Parses Prometheus-style labels: `a="x",b="y \"quoted\""`.
@@ -300,6 +305,14 @@ mod tests {
             );
         }
         assert!(!is_dcgm_blank(81_559.0));
+        assert!(
+            !is_dcgm_blank(1e308),
+            "a huge value is a value, not DCGM's blank"
+        );
+        for bad in ["NaN", "inf", "-inf", "1e400", "-1e400"] {
+            let rows = read(&format!("{HEADER}{}", row(bad)));
+            assert!(matches!(rows[0], Err(RowError::Invalid { .. })), "{bad}");
+        }
     }
 
     #[test]

@@ -67,8 +67,26 @@ fn gpu_index(v: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The largest record the pipeline takes, encoded. A message of such records, and the commit
+/// that stores them, must fit etcd's request limit (1.5 MiB); real DCGM records are ~300 bytes,
+/// so anything near this is a mistake or an attack (2 MB of labels, say).
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+
+/// Refuses a record too large to ever be stored.
+pub fn check_size(r: &TelemetryRecord) -> Result<(), String> {
+    use prost::Message as _;
+    let n = r.encoded_len();
+    if n > MAX_RECORD_BYTES {
+        return Err(format!(
+            "record is {n} bytes encoded; at most {MAX_RECORD_BYTES} fit the pipeline (labels too large?)"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a migrated record; the reason is stored with an invalid record.
 pub fn validate(r: &TelemetryRecord) -> Result<(), String> {
+    check_size(r)?;
     hostname(&r.hostname)?;
     gpu_index(&r.gpu_id)?;
     if r.metric.is_empty()

@@ -13,6 +13,8 @@ pub struct Counters {
     pub duplicates: AtomicU64,
     pub throttled: AtomicU64,
     pub publish_errors: AtomicU64,
+    /// Records etcd refused to take whatever we did (never expected; see `pipeline`).
+    pub unpublishable: AtomicU64,
     /// Bytes of file input consumed, for progress reports.
     pub bytes: AtomicU64,
 }
@@ -53,15 +55,30 @@ impl Counters {
         self.throttled.fetch_add(n, Relaxed);
         metrics::counter!("messages_throttled").increment(n);
     }
+    pub fn unpublishable(&self, n: u64) {
+        self.unpublishable.fetch_add(n, Relaxed);
+        metrics::counter!("records_unpublishable").increment(n);
+    }
     pub fn publish_error(&self) {
         self.publish_errors.fetch_add(1, Relaxed);
         metrics::counter!("publish_errors").increment(1);
     }
 
+    /// Records read but neither published nor refused (invalid, duplicate, missing reading):
+    /// what a run that ends now leaves behind.
+    pub fn unpublished(&self) -> u64 {
+        Self::get(&self.read).saturating_sub(
+            Self::get(&self.published)
+                + Self::get(&self.invalid)
+                + Self::get(&self.duplicates)
+                + Self::get(&self.missing),
+        )
+    }
+
     /// The contract's one-line summary.
     pub fn summary(&self) -> String {
         format!(
-            "read={} published={} invalid={} duplicates={} missing_readings={} csv_read_errors={} publish_errors={}",
+            "read={} published={} invalid={} duplicates={} missing_readings={} csv_read_errors={} publish_errors={} unpublished={}",
             Self::get(&self.read),
             Self::get(&self.published),
             Self::get(&self.invalid),
@@ -69,6 +86,7 @@ impl Counters {
             Self::get(&self.missing),
             Self::get(&self.csv_errors),
             Self::get(&self.publish_errors),
+            self.unpublished(),
         )
     }
 }

@@ -33,6 +33,10 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
         println!("{}", counters.summary());
     }
     match result {
+        Ok(()) if counters.unpublished() > 0 => Err(anyhow::anyhow!(
+            "{} records were read but not published (etcd unreachable or full until the grace period ran out)",
+            counters.unpublished()
+        )),
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(StreamerError::Setting(s)) => Err(s.into()),
         Err(e) => Err(e).context("streamer stopped"),

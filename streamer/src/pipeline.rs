@@ -87,7 +87,9 @@ impl Batcher {
         let group_size = self.publisher.limits().max_txn_ops as usize;
         let mut bucket = TokenBucket::new(self.rate, self.rate.max(1.0));
         let mut recent = RecentKeys::new(65_536);
+        let max_bytes = self.publisher.limits().message_bytes();
         let mut records: Vec<TelemetryRecord> = Vec::with_capacity(per_message);
+        let mut bytes = 0usize;
         let mut messages: Vec<Encoded> = Vec::new();
         let mut deadline: Option<Instant> = None;
         let mut observed = RateMeter::default();
@@ -117,6 +119,15 @@ impl Batcher {
                     continue;
                 }
                 observed.tick();
+                let size = prost::Message::encoded_len(&r);
+                if !records.is_empty() && bytes + size > max_bytes {
+                    messages.push(
+                        self.publisher
+                            .encode(&envelope(std::mem::take(&mut records), SCHEMA_VERSION)),
+                    );
+                    bytes = 0;
+                }
+                bytes += size;
                 records.push(r);
                 deadline.get_or_insert_with(|| Instant::now() + self.linger);
                 if records.len() >= per_message {
@@ -124,6 +135,7 @@ impl Batcher {
                         self.publisher
                             .encode(&envelope(std::mem::take(&mut records), SCHEMA_VERSION)),
                     );
+                    bytes = 0;
                 }
                 if messages.len() < group_size {
                     continue;
@@ -135,6 +147,7 @@ impl Batcher {
                     self.publisher
                         .encode(&envelope(std::mem::take(&mut records), SCHEMA_VERSION)),
                 );
+                bytes = 0;
             }
             deadline = None;
             if !messages.is_empty() && out.send(std::mem::take(&mut messages)).await.is_err() {
@@ -214,36 +227,76 @@ pub async fn publish(
         let Some(msgs) = groups.lock().await.recv().await else {
             return;
         };
-        for group in plan(publisher.limits(), &msgs) {
-            let records: usize = group.iter().map(|m| m.records).sum();
-            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-            loop {
-                // A request to an unreachable etcd can wait for a connection indefinitely, so
-                // the grace deadline must cut the request itself, not only the backoff sleep.
-                let attempt = tokio::select! {
-                    r = publisher.put_group(group) => r,
+        // Groups still to publish, front first. A group etcd refuses for what it is (too
+        // large, too many operations) is split in two and each half published on its own, so
+        // one bad message never holds the others back.
+        let mut pending: VecDeque<&[Encoded]> = plan(publisher.limits(), &msgs).into();
+        while let Some(group) = pending.pop_front() {
+            match publish_group(&publisher, &counters, group, &give_up).await {
+                Published::Yes => {}
+                Published::GaveUp => return,
+                Published::Refused(e) if group.len() > 1 => {
+                    tracing::warn!(error = %e, messages = group.len(), "etcd refused a publish; splitting it");
+                    let (a, b) = group.split_at(group.len() / 2);
+                    pending.push_front(b);
+                    pending.push_front(a);
+                }
+                Published::Refused(e) => {
+                    // Cannot happen for records checked at the door (one message fits one
+                    // request by construction); if it does, say so loudly and go on.
+                    counters.unpublishable(group[0].records as u64);
+                    tracing::error!(error = %e, key = %group[0].key, records = group[0].records, "etcd refuses this message whatever we do; its records are not published");
+                }
+            }
+        }
+    }
+}
+
+enum Published {
+    Yes,
+    GaveUp,
+    Refused(telemetry::etcd::EtcdError),
+}
+
+/// Publishes one group, retrying transient failures with backoff until it lands or
+/// `give_up` fires. A failure that retrying cannot fix is returned.
+async fn publish_group(
+    publisher: &Publisher,
+    counters: &Counters,
+    group: &[Encoded],
+    give_up: &CancellationToken,
+) -> Published {
+    let records: usize = group.iter().map(|m| m.records).sum();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        // A request to an unreachable etcd can wait for a connection indefinitely, so
+        // the grace deadline must cut the request itself, not only the backoff sleep.
+        let attempt = tokio::select! {
+            r = publisher.put_group(group) => r,
+            _ = give_up.cancelled() => {
+                tracing::error!(records, "shutdown grace ran out; unpublished records remain");
+                return Published::GaveUp;
+            }
+        };
+        match attempt {
+            Ok(()) => {
+                counters.published(records as u64);
+                return Published::Yes;
+            }
+            Err(e) if !e.is_transient() => {
+                counters.publish_error();
+                return Published::Refused(e);
+            }
+            Err(e) => {
+                counters.publish_error();
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, records, retry_in = ?wait, "publish failed; holding the batch and retrying");
+                tokio::select! {
                     _ = give_up.cancelled() => {
                         tracing::error!(records, "shutdown grace ran out; unpublished records remain");
-                        return;
+                        return Published::GaveUp;
                     }
-                };
-                match attempt {
-                    Ok(()) => {
-                        counters.published(records as u64);
-                        break;
-                    }
-                    Err(e) => {
-                        counters.publish_error();
-                        let wait = backoff.next_delay();
-                        tracing::warn!(error = %e, records, retry_in = ?wait, "publish failed; holding the batch and retrying");
-                        tokio::select! {
-                            _ = give_up.cancelled() => {
-                                tracing::error!(records, "shutdown grace ran out; unpublished records remain");
-                                return;
-                            }
-                            _ = tokio::time::sleep(wait) => {}
-                        }
-                    }
+                    _ = tokio::time::sleep(wait) => {}
                 }
             }
         }

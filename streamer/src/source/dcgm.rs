@@ -103,7 +103,7 @@ fn closing_brace(s: &str) -> Option<usize> {
 
 /// Turns a sample into a record; `Err` names why it is not one.
 pub fn to_record(s: Sample, scrape_ts: i64) -> Result<TelemetryRecord, String> {
-    if is_dcgm_blank(s.value) {
+    if !s.value.is_finite() || is_dcgm_blank(s.value) {
         return Err(format!("missing reading ({} = {})", s.name, s.value));
     }
     let mut labels = s.labels;

@@ -24,15 +24,27 @@ use super::Sink;
 /// At most this many reasons are returned; the counts are always complete.
 const MAX_REASONS: usize = 100;
 
-/// Answer to a push.
+/// Answer to a push. Every row or record is accounted for: `accepted + invalid + missing`
+/// is the number sent.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct IngestReport {
     pub accepted: u64,
     pub invalid: u64,
+    /// CSV rows holding DCGM's "blank" sentinel: no reading was taken, so nothing is stored.
+    #[serde(default)]
+    pub missing: u64,
     pub reasons: Vec<String>,
 }
 
 impl IngestReport {
+    fn missing(&mut self, sink: &Sink, e: &RowError) {
+        sink.reject("ingest", e);
+        self.missing += 1;
+        if self.reasons.len() < MAX_REASONS {
+            self.reasons.push(e.to_string());
+        }
+    }
+
     fn refuse(&mut self, sink: &Sink, reason: String) {
         sink.counters.read(1);
         sink.counters.invalid();
@@ -115,6 +127,7 @@ fn json_error(status: StatusCode, message: String, report: Option<IngestReport>)
     if let Some(r) = report {
         body["accepted"] = r.accepted.into();
         body["invalid"] = r.invalid.into();
+        body["missing"] = r.missing.into();
         body["reasons"] = serde_json::json!(r.reasons);
     }
     (status, Json(body)).into_response()
@@ -197,7 +210,7 @@ async fn http_ingest(
                         );
                     }
                 }
-                Err(e @ RowError::MissingReading { .. }) => sink.reject("ingest", &e),
+                Err(e @ RowError::MissingReading { .. }) => report.missing(&sink, &e),
                 Err(e) => report.refuse(&sink, e.to_string()),
             }
         }

@@ -49,15 +49,34 @@ impl Sink {
     }
 
     /// Hands a record on, waiting while the buffer is full. False once the pipeline is gone.
+    /// A record too large to ever be stored is counted invalid and logged here, at the door:
+    /// queued, it would block every record behind it.
     pub async fn send(&self, r: TelemetryRecord) -> bool {
         self.counters.read(1);
+        if self.too_large(&r) {
+            return true;
+        }
         self.tx.send(r).await.is_ok()
     }
 
     /// Same as [`send`](Self::send), for sources that run on a blocking thread.
     pub fn blocking_send(&self, r: TelemetryRecord) -> bool {
         self.counters.read(1);
+        if self.too_large(&r) {
+            return true;
+        }
         self.tx.blocking_send(r).is_ok()
+    }
+
+    fn too_large(&self, r: &TelemetryRecord) -> bool {
+        match telemetry::validate::check_size(r) {
+            Ok(()) => false,
+            Err(reason) => {
+                self.counters.invalid();
+                tracing::warn!(hostname = %r.hostname, gpu_id = %r.gpu_id, metric = %r.metric, "record refused: {reason}");
+                true
+            }
+        }
     }
 
     /// Counts and logs a row that did not become a record.

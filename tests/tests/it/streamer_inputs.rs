@@ -318,6 +318,117 @@ async fn http_ingest_reports_counts_and_reasons_and_refuses_bad_bodies() {
     assert_eq!(Counters::get(&counters.invalid), 2);
 }
 
+/// Adversarial pushes: a record too large for etcd is refused at the door with its reason, and
+/// every row of a body with NaN, ±inf and out-of-range values is accounted for in the reply.
+/// The good records around them are stored, and nothing waits behind the bad ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_non_finite_records_are_refused_at_the_door_and_the_good_ones_stored() {
+    init_tracing();
+    let etcd = EtcdCluster::single().await;
+    let prefix = unique_prefix("ingest-adversarial");
+    let cfg = Config::for_tests(etcd.endpoints(), &prefix);
+    let s = start_streamer(cfg, true).await;
+    let (collector, _) = start_collector(etcd.endpoints(), &prefix, |_| {});
+    let url = format!("{}/api/v1/ingest", s.ingest);
+    let http = reqwest::Client::new();
+
+    let record = |gpu: u32, labels: Value| {
+        serde_json::json!({"timestamp": "2025-07-18T20:42:34Z", "metric": "DCGM_FI_DEV_GPU_TEMP",
+            "gpu_id": gpu, "hostname": "h1", "uuid": format!("GPU-{gpu}"), "value": 40.0, "labels": labels})
+    };
+    let huge = serde_json::json!({"blob": "x".repeat(2 << 20)});
+    let body = serde_json::json!([
+        record(0, json!({})),
+        record(1, huge),
+        record(2, json!({}))
+    ]);
+    let resp = http.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let report: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (report["accepted"].as_u64(), report["invalid"].as_u64()),
+        (Some(2), Some(1)),
+        "{report}"
+    );
+    assert!(
+        report["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("bytes encoded"),
+        "{report}"
+    );
+
+    let values = [
+        "NaN",
+        "inf",
+        "-inf",
+        "1e400",
+        "-1e400",
+        "1e308",
+        "140737488355328",
+        "41",
+        "42",
+    ];
+    let rows: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            row(
+                &format!("2025-07-18T20:43:{i:02}Z"),
+                "DCGM_FI_DEV_POWER_USAGE",
+                "3",
+                "GPU-3",
+                "h1",
+                v,
+            )
+        })
+        .collect();
+    let resp = http
+        .post(&url)
+        .header("content-type", "text/csv")
+        .body(format!("{HEADER}\n{}\n", rows.join("\n")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let report: Value = resp.json().await.unwrap();
+    let n = |k: &str| report[k].as_u64().unwrap();
+    assert_eq!(
+        n("accepted") + n("invalid") + n("missing"),
+        values.len() as u64,
+        "every row accounted for: {report}"
+    );
+    assert_eq!(
+        (n("accepted"), n("invalid"), n("missing")),
+        (3, 5, 1),
+        "{report}"
+    );
+    assert_eq!(
+        report["reasons"].as_array().unwrap().len(),
+        6,
+        "a reason for every refused row: {report}"
+    );
+
+    let client = etcd.client().await;
+    let data = format!("{prefix}/telemetry/data/");
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            count(&client, &data).await == 5
+        })
+        .await,
+        "the five good records are stored: {}",
+        count(&client, &data).await
+    );
+    let counters = s.stop().await;
+    assert_eq!(
+        Counters::get(&counters.publish_errors),
+        0,
+        "nothing was retried against etcd"
+    );
+    assert_eq!(counters.unpublished(), 0);
+    collector.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backpressure_engages_when_the_queue_is_deep_and_releases_when_it_drains() {
     init_tracing();
