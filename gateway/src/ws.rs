@@ -250,12 +250,23 @@ async fn serve_client(socket: WebSocket, s: AppState, filter: Filter, since: Opt
                         close_slow(&mut tx, &format!("client too slow: {lost} frames dropped")).await;
                         break;
                     }
-                    // A client that cannot take a frame within a ping interval is stuck.
-                    match tokio::time::timeout(ping_every, tx.send(Message::Text(f.json.clone()))).await {
-                        Ok(Ok(())) => metrics::counter!("ws_frames_sent").increment(1),
-                        Ok(Err(_)) => break,
-                        Err(_) => {
-                            close_slow(&mut tx, "client not reading").await;
+                    // A client that cannot take a frame within a ping interval is stuck, and
+                    // one that loses too many frames meanwhile is too slow.
+                    let sent = tokio::select! {
+                        r = tokio::time::timeout(ping_every, tx.send(Message::Text(f.json.clone()))) => match r {
+                            Ok(Ok(())) => Sent::Yes,
+                            Ok(Err(_)) => Sent::Gone,
+                            Err(_) => Sent::Stuck("client not reading".to_string()),
+                        },
+                        lost = losses_past(&dropped, s.cfg.ws_max_dropped) => {
+                            Sent::Stuck(format!("client too slow: {lost} frames dropped (WS_MAX_DROPPED={})", s.cfg.ws_max_dropped))
+                        }
+                    };
+                    match sent {
+                        Sent::Yes => metrics::counter!("ws_frames_sent").increment(1),
+                        Sent::Gone => break,
+                        Sent::Stuck(reason) => {
+                            close_slow(&mut tx, &reason).await;
                             break;
                         }
                     }
@@ -278,6 +289,23 @@ async fn serve_client(socket: WebSocket, s: AppState, filter: Filter, since: Opt
                 }
             }
         }
+    }
+}
+
+enum Sent {
+    Yes,
+    Gone,
+    Stuck(String),
+}
+
+/// Resolves once a client has lost more than `max` frames, with the count.
+async fn losses_past(dropped: &AtomicU64, max: u64) -> u64 {
+    loop {
+        let lost = dropped.load(Ordering::Relaxed);
+        if lost > max {
+            return lost;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

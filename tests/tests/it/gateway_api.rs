@@ -637,3 +637,70 @@ async fn a_client_that_never_reads_is_cut_off_without_delaying_others() {
     collector.shutdown().await.unwrap();
     gw.shutdown().await.unwrap();
 }
+
+/// `WS_MAX_DROPPED` is enforced as soon as a client passes it, not at the next ping: a client
+/// that never reads is closed within seconds, with the default 30 s ping interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_ws_max_dropped_is_closed_before_any_ping_would_notice() {
+    init_tracing();
+    let etcd = EtcdCluster::single().await;
+    let prefix = unique_prefix("max-dropped");
+    let (gw, base) = start_gateway(etcd.endpoints(), &prefix, |c| {
+        // The default queue (4,096 frames): losses start only once the socket is full and
+        // sends block, which is when a check made only on delivery never runs.
+        c.ws_max_dropped = 1000;
+        assert_eq!(c.ws_ping_interval, Duration::from_secs(30), "the default");
+    })
+    .await;
+    let ws = base.replace("http", "ws") + "/api/v1/ws/telemetry";
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket
+        .connect(base.trim_start_matches("http://").parse().unwrap())
+        .await
+        .unwrap();
+    let (mut stuck, _) = tokio_tungstenite::client_async(&ws, stream).await.unwrap();
+    let (collector, _) = start_collector(etcd.endpoints(), &prefix, |_| {});
+    // Enough to fill the socket buffers (about 10 MB of frames): sends block from then on.
+    for _ in 0..10 {
+        let mut cfg = streamer::Config::for_tests(etcd.endpoints(), &prefix);
+        cfg.csv = vec![sample_csv()];
+        cfg.timestamps = Some(streamer::config::Timestamps::Now);
+        streamer::run(
+            cfg,
+            streamer::Listeners::default(),
+            std::sync::Arc::new(streamer::Counters::default()),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    }
+    let client = etcd.client().await;
+    let data = format!("{prefix}/telemetry/data/");
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            count(&client, &data).await == 24_700
+        })
+        .await
+    );
+    // Now read: what was buffered, then the end of the stream, well before a 30 s ping.
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut frames = 0;
+        loop {
+            match stuck.next().await {
+                Some(Ok(Message::Text(_))) => frames += 1,
+                Some(Ok(Message::Close(c))) => return (frames, c.map(|c| u16::from(c.code))),
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => return (frames, None),
+            }
+        }
+    })
+    .await;
+    let (frames, code) = ended.expect("the stuck client is closed within seconds, not at a ping");
+    assert!(frames < 24_700, "it lost frames ({frames} of 24,700)");
+    if let Some(code) = code {
+        assert_eq!(code, 1008);
+    }
+    collector.shutdown().await.unwrap();
+    gw.shutdown().await.unwrap();
+}

@@ -337,11 +337,7 @@ async fn oversized_and_non_finite_records_are_refused_at_the_door_and_the_good_o
             "gpu_id": gpu, "hostname": "h1", "uuid": format!("GPU-{gpu}"), "value": 40.0, "labels": labels})
     };
     let huge = serde_json::json!({"blob": "x".repeat(2 << 20)});
-    let body = serde_json::json!([
-        record(0, json!({})),
-        record(1, huge),
-        record(2, json!({}))
-    ]);
+    let body = serde_json::json!([record(0, json!({})), record(1, huge), record(2, json!({}))]);
     let resp = http.post(&url).json(&body).send().await.unwrap();
     assert_eq!(resp.status(), 202);
     let report: Value = resp.json().await.unwrap();
