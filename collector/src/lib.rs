@@ -117,7 +117,7 @@ pub async fn run(
         client: client.clone(),
         cfg,
     });
-    tracker.spawn(sample_queue_depth(shared.clone(), shutdown.clone()));
+    tracker.spawn(housekeeping(shared.clone(), shutdown.clone()));
 
     // One lease at a time; a lost lease stops every worker, then we start over with a new one.
     let mut backoff =
@@ -184,9 +184,9 @@ pub async fn run(
     Ok(())
 }
 
-/// Samples the queue depth every second, and every rescan interval dead-letters messages
-/// in partitions the queue does not have.
-async fn sample_queue_depth(shared: Arc<Shared>, stop: CancellationToken) {
+/// Once a second: samples the queue depth, and writes the GPU registry's pending historical
+/// entries. Every rescan interval: dead-letters messages in partitions the queue does not have.
+async fn housekeeping(shared: Arc<Shared>, stop: CancellationToken) {
     let mut last_sweep = tokio::time::Instant::now() - shared.cfg.rescan_interval;
     while telemetry::shutdown::or_cancel(&stop, tokio::time::sleep(Duration::from_secs(1)))
         .await
@@ -194,6 +194,9 @@ async fn sample_queue_depth(shared: Arc<Shared>, stop: CancellationToken) {
     {
         if let Ok(d) = telemetry::queue::queue_depth(&shared.client, &shared.keys).await {
             ::metrics::gauge!("queue_depth").set(d as f64);
+        }
+        if let Err(e) = shared.registry.flush_historical().await {
+            tracing::debug!(error = %e, "cannot write the GPU registry yet");
         }
         if last_sweep.elapsed() >= shared.cfg.rescan_interval {
             last_sweep = tokio::time::Instant::now();

@@ -1,9 +1,16 @@
 //! Keeps the GPU registry fresh for the gateway.
 //!
 //! Entries are written before the records that mention them are committed, so that every GPU
-//! with stored data is listed. Each collector rewrites an entry at most once a minute
-//! (`last_seen` is therefore at most a minute stale), under the current retention lease, so a
-//! GPU that stops reporting drops out with its data.
+//! with stored data is listed, under the current retention lease, so a GPU that stops
+//! reporting drops out with its data. `last_seen` is the newest reading this collector has
+//! stored for the GPU, and never goes back. Writes are rationed, since every record names its
+//! GPU:
+//! - live data (readings from the last [`REFRESH`]): an entry is rewritten at most once per
+//!   [`REFRESH`] of the wall clock, so `last_seen` trails by at most that;
+//! - historical data (a file replayed in a burst, where an hour of readings arrives in a
+//!   second): also whenever the readings advance by [`REFRESH`], and once more by
+//!   [`Registry::flush_historical`] a few seconds after the burst, so that `last_seen` ends
+//!   exactly at the newest reading.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,17 +21,29 @@ use telemetry::buckets::BucketLeases;
 use telemetry::etcd::{Context, EtcdError};
 use telemetry::keys::Keys;
 use telemetry::proto::TelemetryRecord;
+use telemetry::record::now_nanos;
 use telemetry::registry::GpuInfo;
 use tokio::time::Instant;
 
-const REFRESH: Duration = Duration::from_secs(60);
+/// How stale an entry may get, in wall-clock time and in reading time.
+pub const REFRESH: Duration = Duration::from_secs(60);
+
+/// What this collector last wrote for one GPU, and the newest reading it has not written.
+struct Entry {
+    written_at: Instant,
+    written_ts: i64,
+    newest: Option<TelemetryRecord>,
+}
 
 pub struct Registry {
     client: Client,
     keys: Keys,
     leases: Arc<BucketLeases>,
-    /// When this collector last wrote each GPU's entry, by hostname then GPU index.
-    written: Mutex<HashMap<String, HashMap<String, Instant>>>,
+    /// By hostname, then GPU index.
+    entries: Mutex<HashMap<String, HashMap<String, Entry>>>,
+    /// One write at a time, so that a write of an older reading can never land after a
+    /// newer one (partition workers refresh concurrently).
+    writing: tokio::sync::Mutex<()>,
 }
 
 impl Registry {
@@ -33,42 +52,97 @@ impl Registry {
             client,
             keys,
             leases,
-            written: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::new()),
+            writing: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Writes the entries of GPUs in `records` that this collector has not written lately.
+    /// Writes the entries of GPUs in `records` that are due (see the module's doc).
     pub async fn refresh(&self, records: &[TelemetryRecord]) -> Result<(), EtcdError> {
         let now = Instant::now();
+        let refresh_ns = REFRESH.as_nanos() as i64;
         // Borrowed keys: this runs for every record, and almost every GPU is fresh.
         let mut due: HashMap<(&str, &str), &TelemetryRecord> = HashMap::new();
         {
-            let written = self.written.lock().unwrap();
+            let mut entries = self.entries.lock().unwrap();
             for r in records {
                 let id = (r.hostname.as_str(), r.gpu_id.as_str());
-                let stale = written
-                    .get(id.0)
-                    .and_then(|gpus| gpus.get(id.1))
-                    .is_none_or(|t| now.duration_since(*t) >= REFRESH);
-                let newer = due
-                    .get(&id)
-                    .is_none_or(|d| d.timestamp_unix_nano < r.timestamp_unix_nano);
-                if stale && newer {
-                    due.insert(id, r);
+                let entry = entries.get_mut(id.0).and_then(|gpus| gpus.get_mut(id.1));
+                let is_due = entry.as_ref().is_none_or(|e| {
+                    now.duration_since(e.written_at) >= REFRESH
+                        || r.timestamp_unix_nano - e.written_ts >= refresh_ns
+                });
+                if is_due {
+                    let newer = due
+                        .get(&id)
+                        .is_none_or(|d| d.timestamp_unix_nano < r.timestamp_unix_nano);
+                    if newer {
+                        due.insert(id, r);
+                    }
+                } else if let Some(e) = entry {
+                    let newest = e
+                        .newest
+                        .as_ref()
+                        .map_or(e.written_ts, |n| n.timestamp_unix_nano);
+                    if r.timestamp_unix_nano > newest {
+                        e.newest = Some(r.clone());
+                    }
                 }
             }
         }
-        if due.is_empty() {
+        let due: Vec<&TelemetryRecord> = due.into_values().collect();
+        self.write(&due, now).await
+    }
+
+    /// Writes the newest unwritten reading of every GPU whose readings are historical (older
+    /// than [`REFRESH`]), so that a replayed file ends with `last_seen` at its last reading.
+    /// Live readings are left to the wall-clock refresh.
+    pub async fn flush_historical(&self) -> Result<(), EtcdError> {
+        let live_since = now_nanos() - REFRESH.as_nanos() as i64;
+        let pending: Vec<TelemetryRecord> = {
+            let entries = self.entries.lock().unwrap();
+            entries
+                .values()
+                .flat_map(|gpus| gpus.values())
+                .filter_map(|e| e.newest.clone())
+                .filter(|r| r.timestamp_unix_nano < live_since)
+                .collect()
+        };
+        let pending: Vec<&TelemetryRecord> = pending.iter().collect();
+        self.write(&pending, Instant::now()).await
+    }
+
+    async fn write(&self, records: &[&TelemetryRecord], now: Instant) -> Result<(), EtcdError> {
+        if records.is_empty() {
             return Ok(());
         }
+        let _one_at_a_time = self.writing.lock().await;
+        // Never back in time: a wall-clock refresh may carry an older reading than the last
+        // one written (records of one GPU arrive in several messages, in any order).
+        let infos: Vec<GpuInfo> = {
+            let entries = self.entries.lock().unwrap();
+            records
+                .iter()
+                .map(|r| {
+                    let written = entries
+                        .get(&r.hostname)
+                        .and_then(|g| g.get(&r.gpu_id))
+                        .map_or(i64::MIN, |e| e.written_ts);
+                    let mut info = GpuInfo::of(r);
+                    if written > r.timestamp_unix_nano {
+                        info.last_seen = telemetry::record::format_timestamp(written);
+                    }
+                    info
+                })
+                .collect()
+        };
         let lease = self.leases.current().await?;
-        let ops: Vec<TxnOp> = due
-            .values()
-            .map(|r| {
-                let json = serde_json::to_vec(&GpuInfo::of(r)).unwrap_or_default();
+        let ops: Vec<TxnOp> = infos
+            .iter()
+            .map(|info| {
                 TxnOp::put(
-                    self.keys.gpu(&r.hostname, &r.gpu_id),
-                    json,
+                    self.keys.gpu(&info.hostname, &info.gpu_id),
+                    serde_json::to_vec(info).unwrap_or_default(),
                     Some(PutOptions::new().with_lease(lease)),
                 )
             })
@@ -80,12 +154,25 @@ impl Registry {
                 .await
                 .ctx("refresh GPU registry")?;
         }
-        let mut written = self.written.lock().unwrap();
-        for (host, gpu) in due.into_keys() {
-            written
-                .entry(host.to_string())
+        let mut entries = self.entries.lock().unwrap();
+        for r in records {
+            let e = entries
+                .entry(r.hostname.clone())
                 .or_default()
-                .insert(gpu.to_string(), now);
+                .entry(r.gpu_id.clone())
+                .or_insert(Entry {
+                    written_at: now,
+                    written_ts: i64::MIN,
+                    newest: None,
+                });
+            e.written_at = now;
+            e.written_ts = e.written_ts.max(r.timestamp_unix_nano);
+            if e.newest
+                .as_ref()
+                .is_some_and(|n| n.timestamp_unix_nano <= e.written_ts)
+            {
+                e.newest = None;
+            }
         }
         Ok(())
     }

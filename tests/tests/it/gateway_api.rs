@@ -704,3 +704,50 @@ async fn a_client_past_ws_max_dropped_is_closed_before_any_ping_would_notice() {
     collector.shutdown().await.unwrap();
     gw.shutdown().await.unwrap();
 }
+
+/// `last_seen` is the newest stored reading of each GPU, also when a whole file of history is
+/// stored in one burst (it used to stay at the first reading).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_seen_is_each_gpus_newest_reading_after_a_burst_of_history() {
+    init_tracing();
+    let etcd = EtcdCluster::single().await;
+    let prefix = unique_prefix("last-seen");
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("history.csv");
+    // 100 steps of 10 s: 16.5 minutes of readings, long ago.
+    let ok = std::process::Command::new(pipeline_tests::services::binary("streamer"))
+        .args([
+            "generate",
+            "--hosts",
+            "3",
+            "--gpus-per-host",
+            "2",
+            "--steps",
+            "100",
+        ])
+        .args(["--start", "2025-07-18T20:00:00Z", "--out"])
+        .arg(&csv)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let (collector, _) = start_collector(etcd.endpoints(), &prefix, |_| {});
+    stream_csv(etcd.endpoints(), &prefix, &[&csv]).await;
+    let (gw, base) = start_gateway(etcd.endpoints(), &prefix, |_| {}).await;
+    let newest = "2025-07-18T20:16:30Z";
+    let all_current = wait_until(Duration::from_secs(30), || async {
+        let (_, gpus) = get(format!("{base}/api/v1/gpus")).await;
+        gpus["count"] == 6
+            && gpus["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|g| g["last_seen"] == newest)
+    })
+    .await;
+    let (_, gpus) = get(format!("{base}/api/v1/gpus")).await;
+    assert!(all_current, "every last_seen is {newest}: {gpus}");
+    let (_, hosts) = get(format!("{base}/api/v1/hosts")).await;
+    assert_eq!(hosts["data"][0]["last_seen"], newest);
+    collector.shutdown().await.unwrap();
+    gw.shutdown().await.unwrap();
+}
