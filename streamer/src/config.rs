@@ -57,7 +57,8 @@ pub struct Config {
     #[arg(long = "ingest-max-body", env = "INGEST_MAX_BODY", default_value_t = 8 * 1024 * 1024)]
     pub ingest_max_body: usize,
 
-    /// Records per second (0 = unlimited); the token bucket's rate.
+    /// Records per second (0 = unlimited); the token bucket's rate. On SIGINT or SIGTERM the
+    /// records already buffered are published without pacing, so that they fit the grace period.
     #[arg(long = "rate", env = "STREAM_RATE", default_value_t = 0.0)]
     pub rate: f64,
 

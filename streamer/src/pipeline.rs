@@ -94,6 +94,7 @@ impl Batcher {
         let mut deadline: Option<Instant> = None;
         let mut observed = RateMeter::default();
         let draining = self.draining.clone();
+        let mut announced = false;
         loop {
             let next = match deadline {
                 Some(d) => tokio::select! {
@@ -104,6 +105,14 @@ impl Batcher {
             };
             let closed = next.is_none();
             if let Some(Some(mut r)) = next {
+                if draining.is_cancelled() && !announced {
+                    announced = true;
+                    tracing::info!(
+                        buffered = rx.len() + 1,
+                        rate = self.rate,
+                        "shutdown: publishing the buffered records without pacing (STREAM_RATE paces sustained input; the buffer must drain within SHUTDOWN_GRACE)"
+                    );
+                }
                 if !draining.is_cancelled() {
                     tokio::select! {
                         _ = self.pace(&mut bucket, observed.rate()) => {}
