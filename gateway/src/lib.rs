@@ -13,8 +13,6 @@ pub mod registry_cache;
 pub mod state;
 pub mod ws;
 
-use std::future::IntoFuture;
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -186,18 +184,20 @@ pub async fn run(
     let tasks = TaskTracker::new();
     let grace = cfg.runtime.shutdown_grace;
     let readiness = Readiness::new();
+    // Blocked from the start, so that /ready never passes between etcd answering and the
+    // registry's first load.
+    readiness.block("registry", "loading the GPU registry");
     let full_app: Arc<OnceLock<Router>> = Arc::default();
     let early = early_app(readiness.clone(), full_app.clone());
     tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
     let stop = shutdown.clone();
-    let server = tokio::spawn(
-        axum::serve(
-            listener,
-            early.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .into_future(),
-    );
+    let server = tokio::spawn(telemetry::http::serve(
+        listener,
+        early,
+        cfg.runtime.http_header_timeout,
+        stop,
+        grace,
+    ));
     let stop_health = CancellationToken::new();
     let connected = telemetry::service::connect_etcd(
         &cfg.etcd,

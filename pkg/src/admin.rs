@@ -156,9 +156,14 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving /health, /ready and /metrics");
     }
-    axum::serve(listener, router(readiness))
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+    crate::http::serve(
+        listener,
+        router(readiness),
+        crate::http::DEFAULT_HEADER_TIMEOUT,
+        stop,
+        std::time::Duration::from_secs(2),
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -53,6 +53,11 @@ pub struct RuntimeArgs {
     #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Longest a client may take to send a request's headers, and longest an idle keep-alive
+    /// connection stays open, on every HTTP listener (slow or silent clients hold nothing).
+    #[arg(long = "http-header-timeout", env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
     /// How long to wait at start-up for etcd to answer before giving up with exit 1 (0: wait
     /// forever). Meanwhile /health answers 200 and /ready 503 with the reason.
     #[arg(long = "etcd-startup-timeout", env = "ETCD_STARTUP_TIMEOUT", default_value = "5m", value_parser = parse_duration)]

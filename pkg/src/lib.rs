@@ -14,6 +14,7 @@ pub mod config;
 pub mod dcgm_csv;
 pub mod dedupe;
 pub mod etcd;
+pub mod http;
 pub mod keys;
 pub mod lease;
 pub mod logging;

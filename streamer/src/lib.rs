@@ -186,6 +186,7 @@ pub async fn run(
             l,
             sink.clone(),
             cfg.ingest_max_body,
+            cfg.runtime.http_header_timeout,
             stop_inputs.clone(),
         ));
     }

@@ -112,6 +112,29 @@ impl JsonRecord {
     }
 }
 
+/// Parses a JSON push: an array of records, `{"records": [...]}`, or one record. The body as a
+/// whole is refused (`Err`) only when it is not JSON of those shapes; each record is then a
+/// record or the reason it is not one.
+pub fn json_records(body: &[u8]) -> Result<Vec<Result<TelemetryRecord, String>>, String> {
+    let items = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Array(a)) => a,
+        Ok(serde_json::Value::Object(mut o)) => match o.remove("records") {
+            Some(serde_json::Value::Array(a)) => a,
+            _ => vec![serde_json::Value::Object(o)],
+        },
+        Ok(_) => return Err("expected a JSON array of records".into()),
+        Err(e) => return Err(format!("body is not JSON: {e}")),
+    };
+    Ok(items
+        .into_iter()
+        .map(|item| {
+            serde_json::from_value::<JsonRecord>(item)
+                .map_err(|e| e.to_string())
+                .and_then(JsonRecord::into_record)
+        })
+        .collect())
+}
+
 pub fn router(sink: Sink, max_body: usize) -> Router {
     let grpc = tonic::service::Routes::new(IngestServer::new(GrpcIngest { sink: sink.clone() }))
         .into_axum_router();
@@ -148,34 +171,13 @@ async fn http_ingest(
         .is_some_and(|v| v.contains("json"));
     let mut report = IngestReport::default();
     if is_json {
-        let items: Vec<serde_json::Value> = match serde_json::from_slice::<serde_json::Value>(&body)
-        {
-            Ok(serde_json::Value::Array(a)) => a,
-            Ok(serde_json::Value::Object(mut o)) => match o.remove("records") {
-                Some(serde_json::Value::Array(a)) => a,
-                _ => vec![serde_json::Value::Object(o)],
-            },
-            Ok(_) => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "expected a JSON array of records".into(),
-                    None,
-                )
-            }
-            Err(e) => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    format!("body is not JSON: {e}"),
-                    None,
-                )
-            }
+        let records = match json_records(&body) {
+            Ok(r) => r,
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, e, None),
         };
-        for (i, item) in items.into_iter().enumerate() {
+        for (i, record) in records.into_iter().enumerate() {
             let at = format!("record {i}");
-            match serde_json::from_value::<JsonRecord>(item)
-                .map_err(|e| e.to_string())
-                .and_then(JsonRecord::into_record)
-            {
+            match record {
                 Ok(r) => {
                     if !report.offer(&sink, r, &at).await {
                         return json_error(
@@ -266,10 +268,16 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     sink: Sink,
     max_body: usize,
+    header_timeout: std::time::Duration,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let app = router(sink, max_body);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+    telemetry::http::serve(
+        listener,
+        app,
+        header_timeout,
+        stop,
+        std::time::Duration::from_secs(5),
+    )
+    .await
 }
