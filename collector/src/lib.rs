@@ -5,6 +5,7 @@
 pub mod assignment;
 pub mod config;
 pub mod dlq;
+pub mod identity;
 pub mod inbox;
 pub mod metrics;
 pub mod partition;

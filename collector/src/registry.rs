@@ -12,7 +12,7 @@
 //!   [`Registry::flush_historical`] a few seconds after the burst, so that `last_seen` ends
 //!   exactly at the newest reading.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,12 +25,19 @@ use telemetry::record::now_nanos;
 use telemetry::registry::GpuInfo;
 use tokio::time::Instant;
 
+use crate::identity;
+
 /// How stale an entry may get, in wall-clock time and in reading time.
 pub const REFRESH: Duration = Duration::from_secs(60);
 
-/// What this collector last wrote for one GPU, and the newest reading it has not written.
+/// What this collector knows of one GPU: its identity, what it last wrote, and the newest
+/// reading it has not written.
 struct Entry {
-    written_at: Instant,
+    /// The UUID of the registry entry: the first one reported (see `identity`).
+    uuid: String,
+    /// Other UUIDs reported for this host and index, already kept as aliases.
+    aliases: HashSet<String>,
+    written_at: Option<Instant>,
     written_ts: i64,
     newest: Option<TelemetryRecord>,
 }
@@ -59,6 +66,7 @@ impl Registry {
 
     /// Writes the entries of GPUs in `records` that are due (see the module's doc).
     pub async fn refresh(&self, records: &[TelemetryRecord]) -> Result<(), EtcdError> {
+        self.learn_identities(records).await?;
         let now = Instant::now();
         let refresh_ns = REFRESH.as_nanos() as i64;
         // Borrowed keys: this runs for every record, and almost every GPU is fresh.
@@ -69,8 +77,9 @@ impl Registry {
                 let id = (r.hostname.as_str(), r.gpu_id.as_str());
                 let entry = entries.get_mut(id.0).and_then(|gpus| gpus.get_mut(id.1));
                 let is_due = entry.as_ref().is_none_or(|e| {
-                    now.duration_since(e.written_at) >= REFRESH
-                        || r.timestamp_unix_nano - e.written_ts >= refresh_ns
+                    e.written_at
+                        .is_none_or(|t| now.duration_since(t) >= REFRESH)
+                        || r.timestamp_unix_nano.saturating_sub(e.written_ts) >= refresh_ns
                 });
                 if is_due {
                     let newer = due
@@ -92,6 +101,71 @@ impl Registry {
         }
         let due: Vec<&TelemetryRecord> = due.into_values().collect();
         self.write(&due, now).await
+    }
+
+    /// Judges the identity of every (host, index, UUID) this collector has not seen yet, and
+    /// keeps a conflicting one as an alias entry (see `identity`).
+    async fn learn_identities(&self, records: &[TelemetryRecord]) -> Result<(), EtcdError> {
+        let unknown: Vec<&TelemetryRecord> = {
+            let entries = self.entries.lock().unwrap();
+            let mut seen = HashSet::new();
+            records
+                .iter()
+                .filter(|r| {
+                    let known = entries.get(&r.hostname).and_then(|g| g.get(&r.gpu_id));
+                    known.is_none_or(|e| {
+                        !r.uuid.is_empty() && r.uuid != e.uuid && !e.aliases.contains(&r.uuid)
+                    })
+                })
+                .filter(|r| seen.insert((&r.hostname, &r.gpu_id, &r.uuid)))
+                .collect()
+        };
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let lease = self.leases.current().await?;
+        for r in unknown {
+            let verdict = identity::check(
+                &self.client,
+                &self.keys,
+                &r.hostname,
+                &r.gpu_id,
+                &r.uuid,
+                lease,
+            )
+            .await?;
+            if verdict.conflict {
+                let alias = serde_json::to_vec(&GpuInfo::of(r)).unwrap_or_default();
+                self.client
+                    .kv_client()
+                    .put(
+                        self.keys.gpu_alias(&r.hostname, &r.gpu_id, &r.uuid),
+                        alias,
+                        Some(PutOptions::new().with_lease(lease)),
+                    )
+                    .await
+                    .ctx("keep a GPU alias")?;
+            }
+            let mut entries = self.entries.lock().unwrap();
+            let e = entries
+                .entry(r.hostname.clone())
+                .or_default()
+                .entry(r.gpu_id.clone())
+                .or_insert_with(|| Entry {
+                    uuid: verdict.canonical_uuid.clone(),
+                    aliases: HashSet::new(),
+                    written_at: None,
+                    written_ts: i64::MIN,
+                    newest: None,
+                });
+            if e.uuid.is_empty() {
+                e.uuid = verdict.canonical_uuid;
+            }
+            if verdict.conflict && r.uuid != e.uuid {
+                e.aliases.insert(r.uuid.clone());
+            }
+        }
+        Ok(())
     }
 
     /// Writes the newest unwritten reading of every GPU whose readings are historical (older
@@ -124,13 +198,15 @@ impl Registry {
             records
                 .iter()
                 .map(|r| {
-                    let written = entries
-                        .get(&r.hostname)
-                        .and_then(|g| g.get(&r.gpu_id))
-                        .map_or(i64::MIN, |e| e.written_ts);
+                    let known = entries.get(&r.hostname).and_then(|g| g.get(&r.gpu_id));
+                    let written = known.map_or(i64::MIN, |e| e.written_ts);
                     let mut info = GpuInfo::of(r);
                     if written > r.timestamp_unix_nano {
                         info.last_seen = telemetry::record::format_timestamp(written);
+                    }
+                    // The entry keeps its first UUID; other UUIDs are aliases.
+                    if let Some(e) = known.filter(|e| !e.uuid.is_empty()) {
+                        info.uuid = e.uuid.clone();
                     }
                     info
                 })
@@ -160,12 +236,14 @@ impl Registry {
                 .entry(r.hostname.clone())
                 .or_default()
                 .entry(r.gpu_id.clone())
-                .or_insert(Entry {
-                    written_at: now,
+                .or_insert_with(|| Entry {
+                    uuid: r.uuid.clone(),
+                    aliases: HashSet::new(),
+                    written_at: None,
                     written_ts: i64::MIN,
                     newest: None,
                 });
-            e.written_at = now;
+            e.written_at = Some(now);
             e.written_ts = e.written_ts.max(r.timestamp_unix_nano);
             if e.newest
                 .as_ref()

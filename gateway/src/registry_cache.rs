@@ -15,10 +15,12 @@ use telemetry::keys::Keys;
 use telemetry::registry::GpuInfo;
 use tokio_util::sync::CancellationToken;
 
-/// GPUs keyed by (hostname, gpu_id), in that order.
+/// GPUs keyed by (hostname, gpu_id), in that order, and the aliases a host and index has
+/// (other UUIDs it reported, kept by the collectors as identity conflicts).
 #[derive(Clone, Default)]
 pub struct RegistryCache {
     gpus: Arc<RwLock<BTreeMap<(String, String), GpuInfo>>>,
+    aliases: Arc<RwLock<BTreeMap<(String, String), GpuInfo>>>,
     loaded: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -43,11 +45,19 @@ impl RegistryCache {
                 .cloned()
                 .collect()
         } else {
-            gpus.values()
+            // A UUID names its registry entry and every host and index that also reported it
+            // (an identity conflict): both mappings stay queryable, neither hides the other.
+            let aliases = self.aliases.read().unwrap();
+            let mut found: Vec<GpuInfo> = gpus
+                .values()
+                .chain(aliases.values())
                 .filter(|g| g.uuid == id)
                 .filter(by_host)
                 .cloned()
-                .collect()
+                .collect();
+            found.sort_by(|a, b| (&a.hostname, &a.gpu_id).cmp(&(&b.hostname, &b.gpu_id)));
+            found.dedup_by(|a, b| a.hostname == b.hostname && a.gpu_id == b.gpu_id);
+            found
         }
     }
 
@@ -58,8 +68,11 @@ impl RegistryCache {
         let Some((host, gpu)) = rest.split_once('/') else {
             return;
         };
-        let id = (host.to_string(), gpu.to_string());
-        let mut gpus = self.gpus.write().unwrap();
+        let (map, id) = match gpu.split_once('@') {
+            Some((index, uuid)) => (&self.aliases, (host.to_string(), format!("{index}@{uuid}"))),
+            None => (&self.gpus, (host.to_string(), gpu.to_string())),
+        };
+        let mut gpus = map.write().unwrap();
         match value.and_then(|v| serde_json::from_slice::<GpuInfo>(v).ok()) {
             Some(info) => {
                 gpus.insert(id, info);
@@ -96,10 +109,8 @@ impl RegistryCache {
                 }
             };
             let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-            {
-                let mut gpus = self.gpus.write().unwrap();
-                gpus.clear();
-            }
+            self.gpus.write().unwrap().clear();
+            self.aliases.write().unwrap().clear();
             for kv in resp.kvs() {
                 self.apply_key(&keys, kv.key_str().unwrap_or_default(), Some(kv.value()));
             }

@@ -112,6 +112,22 @@ impl Keys {
         format!("{}{hostname}/{gpu_id}", self.gpus_root())
     }
 
+    /// A second UUID seen for a host and index, kept beside its registry entry so that both
+    /// mappings stay queryable (`@` cannot occur in a GPU index).
+    pub fn gpu_alias(&self, hostname: &str, gpu_id: &str, uuid: &str) -> String {
+        format!("{}@{uuid}", self.gpu(hostname, gpu_id))
+    }
+
+    /// The first UUID a host and index reported: the registry entry never changes it.
+    pub fn identity_of_gpu(&self, hostname: &str, gpu_id: &str) -> String {
+        format!("{}/telemetry/identity/gpu/{hostname}/{gpu_id}", self.prefix)
+    }
+
+    /// The first host and index a UUID was reported on.
+    pub fn identity_of_uuid(&self, uuid: &str) -> String {
+        format!("{}/telemetry/identity/uuid/{uuid}", self.prefix)
+    }
+
     pub fn invalid_root(&self) -> String {
         format!("{}/telemetry/invalid/", self.prefix)
     }
