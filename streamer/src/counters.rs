@@ -13,6 +13,8 @@ pub struct Counters {
     pub duplicates: AtomicU64,
     pub throttled: AtomicU64,
     pub publish_errors: AtomicU64,
+    /// Device scrapes that failed (exporter unreachable, nvidia-smi failing): no records.
+    pub scrape_errors: AtomicU64,
     /// Records etcd refused to take whatever we did (never expected; see `pipeline`).
     pub unpublishable: AtomicU64,
     /// Bytes of file input consumed, for progress reports.
@@ -59,6 +61,10 @@ impl Counters {
         self.unpublishable.fetch_add(n, Relaxed);
         metrics::counter!("records_unpublishable").increment(n);
     }
+    pub fn scrape_error(&self) {
+        self.scrape_errors.fetch_add(1, Relaxed);
+        metrics::counter!("scrape_errors").increment(1);
+    }
     pub fn publish_error(&self) {
         self.publish_errors.fetch_add(1, Relaxed);
         metrics::counter!("publish_errors").increment(1);
@@ -78,7 +84,7 @@ impl Counters {
     /// The contract's one-line summary.
     pub fn summary(&self) -> String {
         format!(
-            "read={} published={} invalid={} duplicates={} missing_readings={} csv_read_errors={} publish_errors={} unpublished={}",
+            "read={} published={} invalid={} duplicates={} missing_readings={} csv_read_errors={} publish_errors={} scrape_errors={} unpublished={}",
             Self::get(&self.read),
             Self::get(&self.published),
             Self::get(&self.invalid),
@@ -86,6 +92,7 @@ impl Counters {
             Self::get(&self.missing),
             Self::get(&self.csv_errors),
             Self::get(&self.publish_errors),
+            Self::get(&self.scrape_errors),
             self.unpublished(),
         )
     }

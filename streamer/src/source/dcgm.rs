@@ -162,7 +162,7 @@ impl Source for DcgmSource {
                 {
                     Ok(r) => r.text().await.unwrap_or_default(),
                     Err(e) => {
-                        sink.counters.csv_error();
+                        sink.counters.scrape_error();
                         tracing::warn!(url = %self.url, error = %e, "scrape failed");
                         continue;
                     }

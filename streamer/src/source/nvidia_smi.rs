@@ -122,13 +122,13 @@ impl Source for NvidiaSmiSource {
                 let out = match out {
                     Ok(o) if o.status.success() => o,
                     Ok(o) => {
-                        sink.counters.csv_error();
+                        sink.counters.scrape_error();
                         tracing::warn!(status = %o.status, stderr = %String::from_utf8_lossy(&o.stderr), "nvidia-smi failed");
                         continue;
                     }
                     Err(e) => {
                         // Checked at start-up; gone since (a driver upgrade?). Keep trying.
-                        sink.counters.csv_error();
+                        sink.counters.scrape_error();
                         tracing::warn!(binary = %self.binary.display(), error = %e, "cannot run nvidia-smi");
                         continue;
                     }

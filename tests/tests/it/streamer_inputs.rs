@@ -748,3 +748,32 @@ async fn bad_flags_and_unreadable_files_exit_non_zero_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("MQ_PROCESSING_TIMEOUT"));
 }
+
+/// An exporter that does not answer is a failed scrape, counted as such: no record was read,
+/// so nothing is invalid and nothing is left unpublished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_exporter_counts_scrape_errors_not_invalid_records() {
+    init_tracing();
+    let etcd = EtcdCluster::single().await;
+    let prefix = unique_prefix("scrape-errors");
+    let closed = pipeline_tests::process::free_port();
+    let mut cfg = Config::for_tests(etcd.endpoints(), &prefix);
+    cfg.dcgm_url = Some(format!("http://127.0.0.1:{closed}/metrics"));
+    cfg.interval = Duration::from_millis(100);
+    let s = start_streamer(cfg, false).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            Counters::get(&s.counters.scrape_errors) >= 3
+        })
+        .await
+    );
+    let counters = s.stop().await;
+    assert_eq!(Counters::get(&counters.invalid), 0);
+    assert_eq!(Counters::get(&counters.read), 0);
+    assert_eq!(counters.unpublished(), 0);
+    assert!(
+        counters.summary().contains("scrape_errors="),
+        "{}",
+        counters.summary()
+    );
+}
