@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::claim::{Claims, Fence};
+use crate::lease::KeptLease;
 use etcd_client::{GetOptions, PutOptions};
 use sha2::{Digest, Sha256};
-use telemetry::claim::{Claims, Fence};
 use telemetry::etcd::{Context, EtcdError};
-use telemetry::lease::KeptLease;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -80,7 +80,7 @@ pub async fn run(
             }
         }
         if let Err(e) = rebalance(&shared, &claims, partitions, offset, &mut owned).await {
-            shared.stats.database_error();
+            shared.counters.database_error();
             tracing::warn!(error = %e, "rebalance round failed; trying again");
         }
     };

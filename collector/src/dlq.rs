@@ -1,12 +1,12 @@
 //! The dead-letter queue: messages that failed `MQ_MAX_RETRIES` times, kept with their reason,
 //! attempt count and original bytes, and the `collector dlq list|requeue` commands.
 
+use crate::claim::{fence_compare, Fence};
+use crate::commit::Claimed;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
-use telemetry::claim::{fence_compare, Fence};
+use telemetry::entries::DeadLetter;
 use telemetry::etcd::{Context, EtcdError};
 use telemetry::keys::Keys;
-use telemetry::registry::DeadLetter;
-use telemetry::store::Claimed;
 
 /// A dead letter for `msg`, keeping its original bytes so it can be requeued unchanged.
 pub fn letter(

@@ -3,33 +3,38 @@
 //! invariants.
 
 pub mod assignment;
+pub mod buckets;
+pub mod claim;
+pub mod commit;
 pub mod config;
+pub mod counters;
+pub mod dedupe;
 pub mod dlq;
+pub mod gpu_registry;
 pub mod identity;
 pub mod inbox;
-pub mod metrics;
+pub mod lease;
 pub mod partition;
-pub mod registry;
 pub mod watcher;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::buckets::BucketLeases;
+use crate::commit::Committer;
+use crate::dedupe::ProcessedSet;
+use crate::lease::KeptLease;
 use etcd_client::Client;
-use telemetry::buckets::BucketLeases;
-use telemetry::dedupe::ProcessedSet;
 use telemetry::etcd::EtcdError;
 use telemetry::keys::Keys;
-use telemetry::lease::KeptLease;
 use telemetry::queue::PartitionsError;
 use telemetry::service::{AdminServer, BadSetting, EtcdUnreachable};
-use telemetry::store::Committer;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use crate::config::Config;
-pub use crate::metrics::Stats;
+pub use crate::counters::Counters;
 
 /// What every task of one collector shares.
 pub struct Shared {
@@ -37,8 +42,8 @@ pub struct Shared {
     pub client: Client,
     pub keys: Keys,
     pub committer: Committer,
-    pub registry: registry::Registry,
-    pub stats: Arc<Stats>,
+    pub registry: gpu_registry::GpuRegistry,
+    pub counters: Arc<Counters>,
     pub permits: Semaphore,
 }
 
@@ -68,10 +73,10 @@ impl From<PartitionsError> for CollectorError {
 /// The admin address when `ADMIN_LISTEN` is not given.
 pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9102";
 
-/// Runs a collector until `shutdown` fires; `stats` receives its counters.
+/// Runs a collector until `shutdown` fires; `counters` receives its figures.
 pub async fn run(
     cfg: Config,
-    stats: Arc<Stats>,
+    counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) -> Result<(), CollectorError> {
     let admin = AdminServer::start(
@@ -111,9 +116,9 @@ pub async fn run(
             retention.clone(),
             cfg.queue.max_txn_ops as usize,
         ),
-        registry: registry::Registry::new(client.clone(), keys.clone(), retention),
+        registry: gpu_registry::GpuRegistry::new(client.clone(), keys.clone(), retention),
         permits: Semaphore::new(usize::from(cfg.workers)),
-        stats,
+        counters,
         keys,
         client: client.clone(),
         cfg,
@@ -156,7 +161,7 @@ pub async fn run(
                 l
             }
             Err(e) => {
-                shared.stats.database_error();
+                shared.counters.database_error();
                 readiness.block("lease", format!("cannot get a lease from etcd: {e}"));
                 tracing::warn!(error = %e, "cannot get a lease; retrying");
                 telemetry::shutdown::or_cancel(&shutdown, tokio::time::sleep(backoff.next_delay()))
@@ -171,7 +176,7 @@ pub async fn run(
         if shutdown.is_cancelled() {
             let _ = client.clone().lease_revoke(lease.id).await;
         } else if let Err(e) = result {
-            shared.stats.database_error();
+            shared.counters.database_error();
             tracing::warn!(error = %e, "collector round ended with an error; starting over");
             telemetry::shutdown::or_cancel(&shutdown, tokio::time::sleep(backoff.next_delay()))
                 .await;
@@ -206,7 +211,7 @@ async fn housekeeping(shared: Arc<Shared>, stop: CancellationToken) {
                 dlq::sweep_stray_partitions(&shared.client, &shared.keys, partitions).await
             {
                 for _ in 0..n {
-                    shared.stats.dead_lettered();
+                    shared.counters.dead_lettered();
                 }
             }
         }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use collector::config::{Command, DlqAction};
-use collector::{CollectorError, Config, Stats};
+use collector::{CollectorError, Config, Counters};
 
 /// mimalloc: the services allocate many small, short-lived objects (records, JSON, protobuf);
 /// glibc malloc spent a third of the gateway's CPU on them under load (see docs/performance.md).
@@ -20,16 +20,16 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     let keys = telemetry::keys::Keys::new(&cfg.etcd.prefix);
     let Some(Command::Dlq { action }) = &cfg.command else {
         let shutdown = telemetry::shutdown::on_signal();
-        let stats = Arc::new(Stats::default());
-        match collector::run(cfg, stats.clone(), shutdown).await {
+        let counters = Arc::new(Counters::default());
+        match collector::run(cfg, counters.clone(), shutdown).await {
             Ok(()) => {}
             Err(CollectorError::Setting(s)) => return Err(s.into()),
             Err(e) => return Err(e).context("collector stopped"),
         }
         tracing::info!(
-            stored = Stats::get(&stats.stored),
-            duplicates = Stats::get(&stats.duplicates),
-            invalid = Stats::get(&stats.invalid),
+            stored = Counters::get(&counters.stored),
+            duplicates = Counters::get(&counters.duplicates),
+            invalid = Counters::get(&counters.invalid),
             "collector stopped"
         );
         return Ok(ExitCode::SUCCESS);

@@ -4,16 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::claim::Fence;
+use crate::commit::{Claimed, Outcome};
 use etcd_client::KeyValue;
 use futures::StreamExt;
 use prost::Message as _;
 use telemetry::backoff::Backoff;
-use telemetry::claim::Fence;
 use telemetry::etcd::EtcdError;
 use telemetry::proto::QueueMessage;
 use telemetry::record::now_millis;
 use telemetry::shutdown::or_cancel;
-use telemetry::store::{Claimed, Outcome};
 use telemetry::validate::admit;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -60,7 +60,7 @@ pub async fn run(shared: Arc<Shared>, fence: Fence, stop: CancellationToken) -> 
             Next::Batch(kvs) => kvs,
             Next::Stopped => return Exit::Stopped,
             Next::ReadFailed(e) => {
-                shared.stats.database_error();
+                shared.counters.database_error();
                 tracing::warn!(partition = fence.partition, error = %e, "cannot read partition; retrying");
                 or_cancel(&stop, tokio::time::sleep(backoff.next_delay())).await;
                 continue;
@@ -114,7 +114,7 @@ async fn handle(shared: &Shared, fence: Fence, kv: KeyValue, stop: &Cancellation
         schema_version: message.schema_version.clone(),
     };
     let total = message.records.len();
-    shared.stats.consumed(total);
+    shared.counters.consumed(total);
 
     let mut valid = Vec::with_capacity(total);
     let mut invalid = Vec::new();
@@ -148,18 +148,18 @@ async fn handle(shared: &Shared, fence: Fence, kv: KeyValue, stop: &Cancellation
                 let latency = started.elapsed().as_secs_f64() * 1e3;
                 let lag = (now_millis() - message.created_unix_ms).max(0) as f64;
                 shared
-                    .stats
+                    .counters
                     .committed(stored, duplicates, invalid, latency, lag);
                 return Step::Next;
             }
             Ok(Outcome::AlreadyDone) => return Step::Next,
             Ok(Outcome::Fenced) => {
-                shared.stats.fenced();
+                shared.counters.fenced();
                 tracing::warn!(partition = fence.partition, message = %claimed.message_id, "commit refused: the claim is no longer ours");
                 return Step::Fenced;
             }
             Err(e) => {
-                shared.stats.database_error();
+                shared.counters.database_error();
                 if let Some(step) =
                     failed_attempt(shared, fence, &claimed, kv.value(), &e, total).await
                 {
@@ -219,13 +219,13 @@ async fn bury(
     let letter = dlq::letter(fence, msg, payload, reason, attempts, records);
     match dlq::bury(&shared.client, &shared.keys, fence, msg, &letter).await {
         Ok(true) => {
-            shared.stats.dead_lettered();
+            shared.counters.dead_lettered();
             tracing::error!(message = %msg.message_id, reason, attempts, "message moved to the dead-letter queue");
             Step::Next
         }
         Ok(false) => Step::Fenced,
         Err(e) => {
-            shared.stats.database_error();
+            shared.counters.database_error();
             tracing::warn!(message = %msg.message_id, error = %e, "cannot dead-letter the message; it stays queued");
             Step::Next
         }

@@ -5,11 +5,12 @@ pub mod api;
 pub mod config;
 pub mod cursor;
 pub mod error;
+pub mod gpu_registry;
+pub mod hub;
 pub mod live;
 pub mod openapi;
 pub mod query_cache;
 pub mod ratelimit;
-pub mod registry_cache;
 pub mod state;
 pub mod ws;
 
@@ -137,8 +138,8 @@ pub fn state(
     stop: &CancellationToken,
 ) -> AppState {
     let keys = telemetry::keys::Keys::new(&cfg.etcd.prefix);
-    let registry = registry_cache::RegistryCache::default();
-    let hub = ws::Hub::default();
+    let registry = gpu_registry::GpuRegistry::default();
+    let hub = hub::Hub::default();
     let cache = query_cache::QueryCache::new(cfg.query_cache_mb * 1024 * 1024, cfg.query_cache_ttl);
     readiness.block("registry", "loading the GPU registry");
     tasks.spawn(registry.clone().follow(

@@ -13,8 +13,8 @@ use telemetry::backoff::Backoff;
 use telemetry::keys::{prefix_end, Keys};
 use tokio_util::sync::CancellationToken;
 
+use crate::hub::Hub;
 use crate::query_cache::QueryCache;
-use crate::ws::Hub;
 
 /// Watches stored telemetry until `stop` fires.
 pub async fn follow(

@@ -19,9 +19,9 @@ use utoipa::{Modify, OpenApi};
         crate::ws::ws_handler,
     ),
     components(schemas(
-        telemetry::registry::GpuInfo,
-        telemetry::registry::TelemetryEntry,
-        telemetry::registry::InvalidEntry,
+        telemetry::entries::GpuInfo,
+        telemetry::entries::TelemetryEntry,
+        telemetry::entries::InvalidEntry,
         crate::api::gpus::HostInfo,
         crate::error::ErrorBody,
     )),

@@ -10,10 +10,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::gpu_registry::GpuRegistry;
+use crate::hub::Hub;
 use crate::query_cache::QueryCache;
 use crate::ratelimit::RateLimiter;
-use crate::registry_cache::RegistryCache;
-use crate::ws::Hub;
 
 /// Cheap to clone: axum clones the state for every request, and an etcd `Client` clone alone
 /// copies a dozen gRPC service handles (it was a third of the gateway's CPU on cached queries).
@@ -38,7 +38,7 @@ pub struct Shared {
     pub cfg: Arc<Config>,
     pub client: Client,
     pub keys: Keys,
-    pub registry: RegistryCache,
+    pub registry: GpuRegistry,
     pub hub: Hub,
     pub cache: QueryCache,
     pub ws_clients: Arc<AtomicUsize>,

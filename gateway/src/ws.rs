@@ -1,10 +1,9 @@
-//! The WebSocket live stream.
+//! The WebSocket live stream: one connection per client, fed by the [`crate::hub`].
 //!
-//! One etcd watch per gateway ([`crate::live::follow`]) turns every newly stored record into a JSON
-//! frame and fans it out: each client has a filter and a bounded queue (`WS_BUFFER`). A client
-//! whose queue is full loses the frame (counted), and once it has lost `WS_MAX_DROPPED` it is
-//! closed with 1008 (policy violation). The hub never waits for a client, so a slow one can
-//! neither slow the pipeline nor the other clients, and memory is bounded per client.
+//! Each client has a filter and a bounded queue (`WS_BUFFER`). A client whose queue is full
+//! loses the frame (counted), and once it has lost `WS_MAX_DROPPED` it is closed with 1008
+//! (policy violation), so a slow one can neither slow the pipeline nor the other clients, and
+//! memory is bounded per client.
 //!
 //! `?since_revision=R` first replays what etcd still holds from revision R (one range read
 //! filtered on mod revision, which suits write-once telemetry keys), then continues live
@@ -12,129 +11,21 @@
 //! or below the read's revision.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
-use prost::Message as _;
-use serde::Serialize;
-use telemetry::proto::TelemetryRecord;
-use telemetry::registry::TelemetryEntry;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::api::{param, typed_param, Params};
 use crate::error::{status_error, AppError};
+use crate::hub::{Filter, Frame};
 use crate::state::AppState;
-
-/// One stored record, ready to send.
-#[derive(Debug)]
-pub struct Frame {
-    pub revision: i64,
-    pub hostname: String,
-    pub gpu_id: String,
-    pub uuid: String,
-    pub metric: String,
-    pub json: Utf8Bytes,
-}
-
-#[derive(Serialize)]
-struct FrameBody<'a> {
-    revision: i64,
-    #[serde(flatten)]
-    entry: &'a TelemetryEntry,
-}
-
-impl Frame {
-    fn of(revision: i64, value: &[u8]) -> Option<Arc<Frame>> {
-        let rec = TelemetryRecord::decode(value).ok()?;
-        let entry = TelemetryEntry::from(&rec);
-        let json = serde_json::to_string(&FrameBody {
-            revision,
-            entry: &entry,
-        })
-        .ok()?;
-        Some(Arc::new(Frame {
-            revision,
-            hostname: rec.hostname,
-            gpu_id: rec.gpu_id,
-            uuid: rec.uuid,
-            metric: rec.metric,
-            json: json.into(),
-        }))
-    }
-}
-
-/// One connected client as the hub sees it.
-struct Subscriber {
-    filter: Filter,
-    tx: mpsc::Sender<Arc<Frame>>,
-    dropped: Arc<AtomicU64>,
-}
-
-/// Fans frames out to every client: filtered first, then into that client's bounded queue.
-/// A full queue drops the frame for that client only, and counts it.
-#[derive(Clone, Default)]
-pub struct Hub {
-    clients: Arc<Mutex<Vec<Subscriber>>>,
-}
-
-impl Hub {
-    fn subscribe(
-        &self,
-        filter: Filter,
-        capacity: usize,
-    ) -> (mpsc::Receiver<Arc<Frame>>, Arc<AtomicU64>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let dropped = Arc::new(AtomicU64::new(0));
-        self.clients.lock().unwrap().push(Subscriber {
-            filter,
-            tx,
-            dropped: dropped.clone(),
-        });
-        (rx, dropped)
-    }
-
-    pub(crate) fn publish(&self, revision: i64, value: &[u8]) {
-        let mut clients = self.clients.lock().unwrap();
-        clients.retain(|c| !c.tx.is_closed());
-        if clients.is_empty() {
-            return;
-        }
-        let Some(frame) = Frame::of(revision, value) else {
-            return;
-        };
-        for c in clients.iter().filter(|c| c.filter.accepts(&frame)) {
-            if c.tx.try_send(frame.clone()).is_err() {
-                c.dropped.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("ws_frames_dropped").increment(1);
-            }
-        }
-    }
-}
-
-/// What a client asked to see.
-#[derive(Debug, Clone, Default)]
-struct Filter {
-    gpu: Option<String>,
-    hostname: Option<String>,
-    metric: Option<String>,
-}
-
-impl Filter {
-    fn accepts(&self, f: &Frame) -> bool {
-        self.gpu
-            .as_ref()
-            .is_none_or(|g| *g == f.uuid || *g == f.gpu_id)
-            && self.hostname.as_ref().is_none_or(|h| *h == f.hostname)
-            && self.metric.as_ref().is_none_or(|m| *m == f.metric)
-    }
-}
 
 /// Decrements the connection count when a client goes away, however it goes.
 struct Slot(Arc<std::sync::atomic::AtomicUsize>);

@@ -8,19 +8,14 @@
 
 pub mod admin;
 pub mod backoff;
-pub mod buckets;
-pub mod claim;
 pub mod config;
-pub mod dcgm_csv;
-pub mod dedupe;
+pub mod entries;
 pub mod etcd;
 pub mod http;
 pub mod keys;
-pub mod lease;
 pub mod logging;
 pub mod queue;
 pub mod record;
-pub mod registry;
 pub mod service;
 pub mod shutdown;
 pub mod store;

@@ -201,7 +201,7 @@ fn generate_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use telemetry::dcgm_csv::DcgmCsvReader;
+    use crate::dcgm_csv::DcgmCsvReader;
 
     #[test]
     fn generated_rows_parse_and_are_consistent() {

@@ -5,6 +5,7 @@
 pub mod backpressure;
 pub mod config;
 pub mod counters;
+pub mod dcgm_csv;
 pub mod generate;
 pub mod pipeline;
 pub mod progress;

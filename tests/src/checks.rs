@@ -6,7 +6,7 @@ use std::path::Path;
 use etcd_client::{Client, GetOptions};
 use prost::Message as _;
 use sha2::{Digest, Sha256};
-use telemetry::dcgm_csv::DcgmCsvReader;
+use streamer::dcgm_csv::DcgmCsvReader;
 use telemetry::proto::TelemetryRecord;
 use telemetry::record::idempotency_key;
 

@@ -31,12 +31,12 @@ pub fn start_collector(
     tweak: impl FnOnce(&mut collector::Config),
 ) -> (
     Running<Result<(), collector::CollectorError>>,
-    Arc<collector::Stats>,
+    Arc<collector::Counters>,
 ) {
     let mut cfg = collector::Config::for_tests(endpoints, prefix);
     cfg.id = format!("test-collector-{}", ulid_like());
     tweak(&mut cfg);
-    let stats = Arc::new(collector::Stats::default());
+    let stats = Arc::new(collector::Counters::default());
     let stop = CancellationToken::new();
     let handle = tokio::spawn(collector::run(cfg, stats.clone(), stop.clone()));
     (Running { stop, handle }, stats)

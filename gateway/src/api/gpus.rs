@@ -12,11 +12,11 @@ use crate::state::AppState;
 
 /// List every GPU with telemetry.
 #[utoipa::path(get, path = "/api/v1/gpus", params(("hostname" = Option<String>, Query, description = "only this host's GPUs")),
-    responses((status = 200, description = "GPUs", body = Page<telemetry::registry::GpuInfo>)))]
+    responses((status = 200, description = "GPUs", body = Page<telemetry::entries::GpuInfo>)))]
 pub async fn list_gpus(
     State(s): State<AppState>,
     p: Params,
-) -> Result<Json<Page<telemetry::registry::GpuInfo>>, AppError> {
+) -> Result<Json<Page<telemetry::entries::GpuInfo>>, AppError> {
     let host = param(&p, "hostname");
     let gpus: Vec<_> = s
         .registry
@@ -55,11 +55,11 @@ pub async fn list_hosts(State(s): State<AppState>) -> Json<Page<HostInfo>> {
 
 /// List one host's GPUs.
 #[utoipa::path(get, path = "/api/v1/hosts/{hostname}/gpus", params(("hostname" = String, Path, description = "host name")),
-    responses((status = 200, description = "GPUs", body = Page<telemetry::registry::GpuInfo>), (status = 404, description = "unknown host", body = ErrorBody)))]
+    responses((status = 200, description = "GPUs", body = Page<telemetry::entries::GpuInfo>), (status = 404, description = "unknown host", body = ErrorBody)))]
 pub async fn host_gpus(
     State(s): State<AppState>,
     Path(hostname): Path<String>,
-) -> Result<Json<Page<telemetry::registry::GpuInfo>>, AppError> {
+) -> Result<Json<Page<telemetry::entries::GpuInfo>>, AppError> {
     let gpus: Vec<_> = s
         .registry
         .all()

@@ -3,8 +3,8 @@
 use axum::extract::State;
 use axum::Json;
 use etcd_client::GetOptions;
+use telemetry::entries::InvalidEntry;
 use telemetry::etcd::Context;
-use telemetry::registry::InvalidEntry;
 
 use super::{ok, typed_param, Page, Params};
 use crate::error::{AppError, ErrorBody};

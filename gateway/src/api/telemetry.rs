@@ -11,8 +11,8 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use telemetry::entries::TelemetryEntry;
 use telemetry::keys::key_time_of;
-use telemetry::registry::TelemetryEntry;
 use telemetry::store::scan;
 
 /// The longest one etcd read of a query may take: well under the request timeout, so that a

@@ -6,8 +6,8 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::PathBuf;
 
+use crate::dcgm_csv::DcgmCsvReader;
 use futures::future::BoxFuture;
-use telemetry::dcgm_csv::DcgmCsvReader;
 use tokio_util::sync::CancellationToken;
 
 use super::{Sink, Source, SourceError};

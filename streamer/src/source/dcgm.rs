@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
+use crate::dcgm_csv::{is_dcgm_blank, parse_labels};
 use futures::future::BoxFuture;
-use telemetry::dcgm_csv::{is_dcgm_blank, parse_labels};
 use telemetry::proto::TelemetryRecord;
 use telemetry::record::now_nanos;
 use telemetry::service::BadSetting;

@@ -4,6 +4,7 @@
 //! Every pushed record is validated at the door, so the client learns at once which rows
 //! were refused and why; the valid ones go on even when others in the same body are bad.
 
+use crate::dcgm_csv::{DcgmCsvReader, RowError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
@@ -12,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use telemetry::dcgm_csv::{DcgmCsvReader, RowError};
 use telemetry::proto::ingest_server::{Ingest, IngestServer};
 use telemetry::proto::{IngestSummary, TelemetryRecord};
 use telemetry::record::parse_timestamp;

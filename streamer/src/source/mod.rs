@@ -9,8 +9,8 @@ pub mod nvidia_smi;
 
 use std::sync::Arc;
 
+use crate::dcgm_csv::RowError;
 use futures::future::BoxFuture;
-use telemetry::dcgm_csv::RowError;
 use telemetry::proto::TelemetryRecord;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

@@ -3,6 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use collector::buckets::BucketLeases;
+use collector::claim::Claims;
+use collector::commit::{Claimed, Committer, Outcome};
+use collector::dedupe::ProcessedSet;
 use etcd_client::GetOptions;
 use pipeline_tests::checks::{checksum, csv_records, stored_records};
 use pipeline_tests::services::{
@@ -10,16 +14,12 @@ use pipeline_tests::services::{
 };
 use pipeline_tests::{sample_csv, EtcdCluster};
 use prost::Message as _;
-use telemetry::buckets::BucketLeases;
-use telemetry::claim::Claims;
 use telemetry::config::QueueArgs;
-use telemetry::dedupe::ProcessedSet;
+use telemetry::entries::{DeadLetter, InvalidEntry};
 use telemetry::keys::Keys;
 use telemetry::proto::{QueueMessage, TelemetryRecord};
 use telemetry::queue::{envelope, Publisher};
 use telemetry::record::{assign_identity, idempotency_key};
-use telemetry::registry::{DeadLetter, InvalidEntry};
-use telemetry::store::{Claimed, Committer, Outcome};
 
 fn reading(host: &str, gpu: &str, ts: i64, value: f64) -> TelemetryRecord {
     let mut r = TelemetryRecord {
@@ -203,15 +203,15 @@ async fn same_csv_twice(name: &str, tweak: impl FnOnce(&mut collector::Config)) 
     );
     assert!(
         wait_until(Duration::from_secs(10), || async {
-            collector::Stats::get(&stats.duplicates) == 2470
+            collector::Counters::get(&stats.duplicates) == 2470
         })
         .await
     );
 
     assert_eq!(count(&client, &data).await, 2470);
-    assert_eq!(collector::Stats::get(&stats.stored), 2470);
+    assert_eq!(collector::Counters::get(&stats.stored), 2470);
     assert_eq!(
-        collector::Stats::get(&stats.duplicates),
+        collector::Counters::get(&stats.duplicates),
         2470,
         "messages_duplicated equals the rows sent again"
     );
@@ -307,7 +307,7 @@ async fn invalid_records_are_kept_with_their_reasons_and_bad_messages_are_dead_l
     assert!(reasons.iter().any(|r| r.contains("hostname")));
     assert!(reasons.iter().any(|r| r.contains("bad timestamp")));
     assert!(reasons.iter().any(|r| r.contains("unknown schema version")));
-    assert_eq!(collector::Stats::get(&stats.invalid), 4);
+    assert_eq!(collector::Counters::get(&stats.invalid), 4);
 
     // The undecodable message is a dead letter, with its reason; requeue puts it back.
     let dead: Vec<DeadLetter> = collector::dlq::list(&client, &keys).await.unwrap();
@@ -351,7 +351,7 @@ async fn a_message_in_a_partition_the_queue_does_not_have_is_dead_lettered_with_
         "{}",
         dead[0].reason
     );
-    assert_eq!(collector::Stats::get(&stats.dead_lettered), 1);
+    assert_eq!(collector::Counters::get(&stats.dead_lettered), 1);
     collector.shutdown().await.unwrap();
     // Requeued, it lands in a partition the queue has.
     collector::dlq::requeue(&client, &keys, 16, &[])
@@ -398,7 +398,7 @@ async fn a_message_that_keeps_failing_goes_to_the_dead_letter_queue_after_max_re
     );
     assert_eq!(count(&client, &keys.queue_root()).await, 0);
     assert_eq!(count(&client, &keys.data_root()).await, 0);
-    assert!(collector::Stats::get(&stats.database_errors) >= 3);
+    assert!(collector::Counters::get(&stats.database_errors) >= 3);
     let decoded =
         QueueMessage::decode(hex::decode(&dead[0].payload_hex).unwrap().as_slice()).unwrap();
     assert_eq!(
@@ -437,7 +437,7 @@ async fn an_idle_collector_takes_new_messages_from_its_watch_without_waiting_for
         let want = (batch as u64 + 1) * 20;
         assert!(
             wait_until(Duration::from_secs(5), || async {
-                collector::Stats::get(&stats.stored) == want
+                collector::Counters::get(&stats.stored) == want
             })
             .await,
             "message {batch} stored well before the 600 s rescan"
@@ -493,6 +493,6 @@ async fn invalid_records_that_share_an_id_are_all_kept_and_the_good_ones_stored(
         "both refusals"
     );
     assert_eq!(count(&client, &keys.dead_letters_root()).await, 0);
-    assert_eq!(collector::Stats::get(&stats.invalid), 2);
+    assert_eq!(collector::Counters::get(&stats.invalid), 2);
     collector.shutdown().await.unwrap();
 }

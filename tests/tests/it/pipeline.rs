@@ -96,7 +96,7 @@ async fn real_csv_flows_through_all_three_services() {
             "value of {key:?}"
         );
     }
-    assert_eq!(collector::Stats::get(&stats.stored), 2470);
+    assert_eq!(collector::Counters::get(&stats.stored), 2470);
 
     gw.shutdown().await.unwrap();
     collector.shutdown().await.unwrap();

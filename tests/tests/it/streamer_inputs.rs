@@ -168,7 +168,7 @@ async fn one_reading_from_every_source_has_one_identity_and_is_stored_once() {
         "1 shared + 4 distinct readings"
     );
     let counters = s.stop().await;
-    let dups = Counters::get(&counters.duplicates) + collector::Stats::get(&cstats.duplicates);
+    let dups = Counters::get(&counters.duplicates) + collector::Counters::get(&cstats.duplicates);
     assert_eq!(
         dups, 3,
         "the shared reading arrived four times and was kept once"

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Default)]
-pub struct Stats {
+pub struct Counters {
     pub consumed: AtomicU64,
     pub stored: AtomicU64,
     pub duplicates: AtomicU64,
@@ -16,7 +16,7 @@ pub struct Stats {
     pub database_errors: AtomicU64,
 }
 
-impl Stats {
+impl Counters {
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use etcd_client::Client;
 
 use crate::buckets::BucketLeases;
-use crate::keys::Keys;
+use telemetry::keys::Keys;
 
 #[derive(Clone)]
 pub enum ProcessedSet {

@@ -16,13 +16,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::buckets::BucketLeases;
 use etcd_client::{Client, PutOptions, Txn, TxnOp};
-use telemetry::buckets::BucketLeases;
+use telemetry::entries::GpuInfo;
 use telemetry::etcd::{Context, EtcdError};
 use telemetry::keys::Keys;
 use telemetry::proto::TelemetryRecord;
 use telemetry::record::now_nanos;
-use telemetry::registry::GpuInfo;
 use tokio::time::Instant;
 
 use crate::identity;
@@ -42,7 +42,7 @@ struct Entry {
     newest: Option<TelemetryRecord>,
 }
 
-pub struct Registry {
+pub struct GpuRegistry {
     client: Client,
     keys: Keys,
     leases: Arc<BucketLeases>,
@@ -53,7 +53,7 @@ pub struct Registry {
     writing: tokio::sync::Mutex<()>,
 }
 
-impl Registry {
+impl GpuRegistry {
     pub fn new(client: Client, keys: Keys, leases: Arc<BucketLeases>) -> Self {
         Self {
             client,

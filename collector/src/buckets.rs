@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 
-use crate::etcd::{Context, EtcdError};
-use crate::keys::Keys;
+use telemetry::etcd::{Context, EtcdError};
+use telemetry::keys::Keys;
 
 pub struct BucketLeases {
     client: Client,

@@ -10,8 +10,8 @@
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 
-use crate::etcd::{Context, EtcdError};
-use crate::keys::Keys;
+use telemetry::etcd::{Context, EtcdError};
+use telemetry::keys::Keys;
 
 /// Proof of ownership of one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

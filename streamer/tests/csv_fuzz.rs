@@ -2,7 +2,7 @@
 //! whatever the bytes, no panic, and every data row comes out as a record or a reason.
 
 use proptest::prelude::*;
-use telemetry::dcgm_csv::{DcgmCsvReader, RowError};
+use streamer::dcgm_csv::{DcgmCsvReader, RowError};
 use telemetry::validate::validate;
 
 const HEADER: &str = "timestamp,metric_name,gpu_id,device,uuid,modelName,Hostname,container,pod,namespace,value,labels_raw\n";

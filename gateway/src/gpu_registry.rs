@@ -11,20 +11,20 @@ use std::time::Duration;
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use telemetry::admin::Readiness;
 use telemetry::backoff::Backoff;
+use telemetry::entries::GpuInfo;
 use telemetry::keys::Keys;
-use telemetry::registry::GpuInfo;
 use tokio_util::sync::CancellationToken;
 
 /// GPUs keyed by (hostname, gpu_id), in that order, and the aliases a host and index has
 /// (other UUIDs it reported, kept by the collectors as identity conflicts).
 #[derive(Clone, Default)]
-pub struct RegistryCache {
+pub struct GpuRegistry {
     gpus: Arc<RwLock<BTreeMap<(String, String), GpuInfo>>>,
     aliases: Arc<RwLock<BTreeMap<(String, String), GpuInfo>>>,
     loaded: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl RegistryCache {
+impl GpuRegistry {
     pub fn all(&self) -> Vec<GpuInfo> {
         self.gpus.read().unwrap().values().cloned().collect()
     }

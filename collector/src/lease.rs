@@ -12,7 +12,7 @@ use etcd_client::Client;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::etcd::{Context, EtcdError};
+use telemetry::etcd::{Context, EtcdError};
 
 #[derive(Debug, Clone)]
 pub struct KeptLease {

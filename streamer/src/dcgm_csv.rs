@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::io::Read;
 
-use telemetry_proto::TelemetryRecord;
+use telemetry::proto::TelemetryRecord;
 
-use crate::record::parse_timestamp;
+use telemetry::record::parse_timestamp;
 
 /// Why one row was not turned into a record.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -1,0 +1,385 @@
+//! The commit: one fenced Txn stores a message's records and removes it from the queue (a
+//! message larger than one Txn takes several; see [`crate::dedupe::chunks`]).
+//!
+//! Compares, each for a reason (docs/protocol.md):
+//! 1. the owner key's create revision equals our fence: only the current owner commits;
+//! 2. the message key's mod revision equals what we read: the message is still queued and
+//!    unchanged, so no commit applies twice;
+//! 3. for each record, its entry in the processed set does not exist: the content has not been
+//!    stored before. The entry is the record's own data key, which ends with its SHA-256
+//!    ([`ProcessedSet::DataKeys`]), or a separate marker when stored data expires before the
+//!    dedupe window does ([`ProcessedSet::Markers`]).
+//!
+//! On success it puts each record (under a retention bucket lease), and its marker if there is
+//! one, puts invalid records with their reasons, and deletes the message and its attempt
+//! counter. On failure the same Txn reads back the owner key, the message key and the
+//! processed-set entries, so one round trip tells which compare failed: duplicates are dropped
+//! and the Txn retried; a lost fence or a gone message ends the commit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use prost::Message as _;
+use telemetry::entries::InvalidEntry;
+use telemetry::etcd::EtcdError;
+use telemetry::keys::Keys;
+use telemetry::proto::TelemetryRecord;
+
+use crate::buckets::BucketLeases;
+use crate::claim::{fence_compare, Fence};
+use crate::dedupe::ProcessedSet;
+
+/// A queued message as read by its owner.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub key: String,
+    pub mod_revision: i64,
+    pub message_id: String,
+    pub schema_version: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Committed {
+        stored: usize,
+        duplicates: usize,
+        invalid: usize,
+    },
+    /// Our claim is gone: nothing was written.
+    Fenced,
+    /// The message was already committed (by us earlier, or a previous owner).
+    AlreadyDone,
+}
+
+pub struct Committer {
+    client: Client,
+    keys: Keys,
+    processed: ProcessedSet,
+    retention: Arc<BucketLeases>,
+    max_ops: usize,
+}
+
+impl Committer {
+    /// `max_ops` is etcd's `--max-txn-ops`: a message whose commit needs more is cut into
+    /// several Txns ([`ProcessedSet::chunks`]).
+    pub fn new(
+        client: Client,
+        keys: Keys,
+        processed: ProcessedSet,
+        retention: Arc<BucketLeases>,
+        max_ops: usize,
+    ) -> Self {
+        Self {
+            client,
+            keys,
+            processed,
+            retention,
+            max_ops,
+        }
+    }
+
+    /// The retention leases, shared with other writers of stored data (the GPU registry).
+    pub fn retention(&self) -> &Arc<BucketLeases> {
+        &self.retention
+    }
+
+    /// Commits `valid` and `invalid` records of `msg` under `fence`.
+    pub async fn commit(
+        &self,
+        fence: Fence,
+        msg: &Claimed,
+        valid: &[TelemetryRecord],
+        invalid: &[(TelemetryRecord, String)],
+    ) -> Result<Outcome, EtcdError> {
+        let (valid, mut duplicates) = unique_by_key(valid);
+        let refused = refused(&self.keys, invalid);
+        let (mut stored, mut invalid_stored) = (0, 0);
+        for chunk in self
+            .processed
+            .chunks(valid.len(), invalid.len(), self.max_ops)
+        {
+            let records = valid[chunk.valid].to_vec();
+            match self
+                .commit_chunk(fence, msg, records, &refused[chunk.invalid], chunk.last)
+                .await?
+            {
+                Outcome::Committed {
+                    stored: s,
+                    duplicates: d,
+                    invalid: i,
+                } => {
+                    stored += s;
+                    duplicates += d;
+                    invalid_stored += i;
+                }
+                other => return Ok(other),
+            }
+        }
+        Ok(Outcome::Committed {
+            stored,
+            duplicates,
+            invalid: invalid_stored,
+        })
+    }
+
+    /// One Txn of a commit; retried without the records it finds already stored.
+    async fn commit_chunk(
+        &self,
+        fence: Fence,
+        msg: &Claimed,
+        mut valid: Vec<&TelemetryRecord>,
+        invalid: &[Refused<'_>],
+        last: bool,
+    ) -> Result<Outcome, EtcdError> {
+        let mut duplicates = 0;
+        loop {
+            let marker_lease = match &self.processed {
+                ProcessedSet::DataKeys => None,
+                ProcessedSet::Markers(leases) => Some(leases.current().await?),
+            };
+            let retention_lease = self.retention.current().await?;
+            let leases = (marker_lease, retention_lease);
+            let txn = self.build(fence, msg, &valid, invalid, leases, last);
+            let resp = match self.client.kv_client().txn(txn).await {
+                Ok(r) => r,
+                Err(e) if telemetry::etcd::is_not_found(&e) => {
+                    // A bucket lease expired under us (clock jump, long pause): get fresh ones.
+                    if let ProcessedSet::Markers(leases) = &self.processed {
+                        leases.invalidate();
+                    }
+                    self.retention.invalidate();
+                    continue;
+                }
+                Err(e) => return Err(EtcdError::new("commit", e)),
+            };
+            if resp.succeeded() {
+                return Ok(Outcome::Committed {
+                    stored: valid.len(),
+                    duplicates,
+                    invalid: invalid.len(),
+                });
+            }
+            let reads: Vec<Option<etcd_client::KeyValue>> = resp
+                .op_responses()
+                .into_iter()
+                .map(|r| match r {
+                    TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+                    _ => None,
+                })
+                .collect();
+            match reads.first() {
+                Some(Some(owner)) if owner.create_revision() == fence.revision => {}
+                _ => return Ok(Outcome::Fenced),
+            }
+            match reads.get(1) {
+                Some(Some(m)) if m.mod_revision() == msg.mod_revision => {}
+                _ => return Ok(Outcome::AlreadyDone),
+            }
+            let seen: HashSet<&[u8]> = reads[2..].iter().flatten().map(|kv| kv.key()).collect();
+            let before = valid.len();
+            valid.retain(|r| !seen.contains(self.processed_key(r).as_bytes()));
+            duplicates += before - valid.len();
+            if before == valid.len() {
+                // Nothing explains the failure; let the caller retry the message from scratch.
+                return Err(EtcdError::new(
+                    "commit",
+                    etcd_client::Error::InvalidArgs("commit failed without a cause".into()),
+                ));
+            }
+        }
+    }
+
+    fn build(
+        &self,
+        fence: Fence,
+        msg: &Claimed,
+        valid: &[&TelemetryRecord],
+        invalid: &[Refused<'_>],
+        (marker_lease, retention_lease): (Option<i64>, i64),
+        last: bool,
+    ) -> Txn {
+        let k = &self.keys;
+        let mut compares = Vec::with_capacity(valid.len() + 2);
+        compares.push(fence_compare(k, fence));
+        compares.push(Compare::mod_revision(
+            msg.key.as_str(),
+            CompareOp::Equal,
+            msg.mod_revision,
+        ));
+        let per_record = self.processed.ops_per_record();
+        let mut success = Vec::with_capacity(valid.len() * per_record + invalid.len() + 2);
+        let mut failure = Vec::with_capacity(valid.len() + 2);
+        failure.push(TxnOp::get(k.owner(fence.partition), None));
+        failure.push(TxnOp::get(
+            msg.key.as_str(),
+            Some(GetOptions::new().with_keys_only()),
+        ));
+        let retention = Some(PutOptions::new().with_lease(retention_lease));
+        let marker = marker_lease.map(|l| PutOptions::new().with_lease(l));
+        for r in valid {
+            let entry = self.processed_key(r);
+            compares.push(Compare::create_revision(
+                entry.as_str(),
+                CompareOp::Equal,
+                0,
+            ));
+            failure.push(TxnOp::get(
+                entry.as_str(),
+                Some(GetOptions::new().with_keys_only()),
+            ));
+            match &marker {
+                // The marker's presence is the fact; an empty value keeps etcd's apply loop
+                // as light as possible.
+                Some(opts) => {
+                    success.push(TxnOp::put(entry, Vec::new(), Some(opts.clone())));
+                    success.push(TxnOp::put(
+                        data_key(k, r),
+                        stored_bytes(r),
+                        retention.clone(),
+                    ));
+                }
+                None => success.push(TxnOp::put(entry, stored_bytes(r), retention.clone())),
+            }
+        }
+        for Refused {
+            record: r,
+            reason,
+            key,
+        } in invalid
+        {
+            let entry = InvalidEntry {
+                id: r.id.clone(),
+                message_id: msg.message_id.clone(),
+                schema_version: msg.schema_version.clone(),
+                reason: reason.to_string(),
+                hostname: r.hostname.clone(),
+                gpu_id: r.gpu_id.clone(),
+                metric: r.metric.clone(),
+                detected_at: chrono::Utc::now().to_rfc3339(),
+            };
+            let json = serde_json::to_vec(&entry).unwrap_or_default();
+            success.push(TxnOp::put(key.as_str(), json, retention.clone()));
+        }
+        if last {
+            success.push(TxnOp::delete(msg.key.as_str(), None));
+            success.push(TxnOp::delete(k.attempts(&msg.message_id), None));
+        }
+        Txn::new().when(compares).and_then(success).or_else(failure)
+    }
+
+    /// The key a record's processed-set entry lives at.
+    fn processed_key(&self, r: &TelemetryRecord) -> String {
+        match self.processed {
+            ProcessedSet::DataKeys => data_key(&self.keys, r),
+            ProcessedSet::Markers(_) => self.keys.dedupe(&r.idempotency_key),
+        }
+    }
+}
+
+/// `/telemetry/data/{host}/{gpu}/{time}_{sha256}`: every part is content, so equal content
+/// means an equal key.
+fn data_key(k: &Keys, r: &TelemetryRecord) -> String {
+    k.data(
+        &r.hostname,
+        &r.gpu_id,
+        r.timestamp_unix_nano,
+        &r.idempotency_key,
+    )
+}
+
+/// A refused record, its reason, and the key of its entry in the invalid area.
+struct Refused<'a> {
+    record: &'a TelemetryRecord,
+    reason: &'a str,
+    key: String,
+}
+
+/// Invalid-area entries are keyed by record id, and a producer may send its own ids, so a
+/// repeat within one message gets `-{n}` appended: a Txn may not put one key twice, and a later
+/// chunk must not overwrite an earlier one's entry. The numbering follows the message's order,
+/// so a retried commit writes the same keys again.
+fn refused<'a>(keys: &Keys, invalid: &'a [(TelemetryRecord, String)]) -> Vec<Refused<'a>> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    invalid
+        .iter()
+        .map(|(record, reason)| {
+            let n = seen.entry(record.id.as_str()).or_insert(0);
+            let key = match *n {
+                0 => keys.invalid(&record.id),
+                n => keys.invalid(&format!("{}-{n}", record.id)),
+            };
+            *n += 1;
+            Refused {
+                record,
+                reason,
+                key,
+            }
+        })
+        .collect()
+}
+
+/// A record as stored: without its idempotency key, which is derived from the content (and is
+/// the dedupe marker's key), so storing it would only cost bytes on every write.
+fn stored_bytes(r: &TelemetryRecord) -> Vec<u8> {
+    let mut r = r.clone();
+    r.idempotency_key.clear();
+    r.encode_to_vec()
+}
+
+/// Drops records whose idempotency key repeats within the batch: they would share a data key,
+/// and a Txn may not put one key twice.
+fn unique_by_key(records: &[TelemetryRecord]) -> (Vec<&TelemetryRecord>, usize) {
+    let mut keys = HashSet::new();
+    let before = records.len();
+    let out: Vec<_> = records
+        .iter()
+        .filter(|r| keys.insert(r.idempotency_key.as_str()))
+        .collect();
+    let dups = before - out.len();
+    (out, dups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_records_that_share_an_id_get_distinct_entries() {
+        let r = |id: &str| {
+            let rec = TelemetryRecord {
+                id: id.into(),
+                ..Default::default()
+            };
+            (rec, "bad".to_string())
+        };
+        let batch = [r("A"), r("B"), r("A"), r("A")];
+        let keys: Vec<String> = refused(&Keys::new("/p"), &batch)
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "/p/telemetry/invalid/A",
+                "/p/telemetry/invalid/B",
+                "/p/telemetry/invalid/A-1",
+                "/p/telemetry/invalid/A-2"
+            ]
+        );
+    }
+
+    #[test]
+    fn repeats_within_a_batch_are_duplicates() {
+        let r = |k: &str, id: &str| TelemetryRecord {
+            idempotency_key: k.into(),
+            id: id.into(),
+            ..Default::default()
+        };
+        let batch = [r("a", "1"), r("a", "2"), r("b", "1")];
+        let (out, dups) = unique_by_key(&batch);
+        assert_eq!(dups, 1);
+        let kept: Vec<&str> = out.iter().map(|r| r.idempotency_key.as_str()).collect();
+        assert_eq!(kept, ["a", "b"], "the first of a repeat is kept, in order");
+    }
+}
