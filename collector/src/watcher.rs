@@ -10,11 +10,9 @@
 //! never needed; the worker's periodic rescan covers the time a watch is down.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use etcd_client::{EventType, KeyValue, WatchOptions};
-use telemetry::backoff::Backoff;
-use telemetry::shutdown::or_cancel;
+use telemetry::watch;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -30,56 +28,46 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let prefix = shared.keys.queue_partition(partition);
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    while !stop.is_cancelled() {
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_filters([etcd_client::WatchFilterType::NoDelete]);
-        let mut client = shared.client.watch_client();
-        let watch = client.watch(prefix.as_str(), Some(opts));
-        let mut stream = match or_cancel(&stop, watch).await {
-            None => return,
-            Some(Ok(stream)) => stream,
-            Some(Err(e)) => {
-                tracing::debug!(partition, error = %e, "partition watch failed to start");
-                or_cancel(&stop, tokio::time::sleep(backoff.next_delay())).await;
-                continue;
-            }
-        };
-        backoff.reset();
-        loop {
-            let Some(msg) = or_cancel(&stop, stream.message()).await else {
-                return;
-            };
-            match msg {
-                Ok(Some(resp)) if resp.canceled() => {
-                    tracing::info!(
-                        partition,
-                        compact_revision = resp.compact_revision(),
-                        reason = resp.cancel_reason(),
-                        "partition watch cancelled; re-reading"
-                    );
-                    break;
-                }
-                Ok(Some(resp)) => {
-                    if resp.created() {
-                        reread.notify_one();
-                    }
-                    let puts = resp
-                        .events()
-                        .iter()
-                        .filter(|e| e.event_type() == EventType::Put);
-                    for kv in puts.filter_map(|e| e.kv()) {
-                        match deliver.try_send(kv.clone()) {
-                            Ok(()) => {}
-                            // The worker is behind: it reads the partition next, which finds this.
-                            Err(TrySendError::Full(_)) => reread.notify_one(),
-                            Err(TrySendError::Closed(_)) => return,
-                        }
-                    }
-                }
-                _ => break,
+    let opts = WatchOptions::new()
+        .with_prefix()
+        .with_filters([etcd_client::WatchFilterType::NoDelete]);
+    let follower = Partition { deliver, reread };
+    watch::follow(shared.client.clone(), prefix, opts, follower, stop).await;
+}
+
+struct Partition {
+    deliver: mpsc::Sender<KeyValue>,
+    reread: Arc<Notify>,
+}
+
+impl watch::Follower for Partition {
+    /// Always from now: whatever was put before the watch is found by the worker's read,
+    /// which the `created` notice triggers.
+    async fn resume(
+        &mut self,
+        _: &etcd_client::Client,
+        _: Option<i64>,
+        _: bool,
+    ) -> Result<Option<i64>, etcd_client::Error> {
+        Ok(None)
+    }
+
+    fn handle(&mut self, resp: &etcd_client::WatchResponse) -> watch::Flow {
+        if resp.created() {
+            self.reread.notify_one();
+        }
+        let puts = resp
+            .events()
+            .iter()
+            .filter(|e| e.event_type() == EventType::Put);
+        for kv in puts.filter_map(|e| e.kv()) {
+            match self.deliver.try_send(kv.clone()) {
+                Ok(()) => {}
+                // The worker is behind: it reads the partition next, which finds this.
+                Err(TrySendError::Full(_)) => self.reread.notify_one(),
+                Err(TrySendError::Closed(_)) => return watch::Flow::Stop,
             }
         }
+        watch::Flow::Continue
     }
 }

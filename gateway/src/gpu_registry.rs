@@ -6,13 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use telemetry::admin::Readiness;
-use telemetry::backoff::Backoff;
 use telemetry::entries::GpuInfo;
 use telemetry::keys::Keys;
+use telemetry::watch;
 use tokio_util::sync::CancellationToken;
 
 /// GPUs keyed by (hostname, gpu_id), in that order, and the aliases a host and index has
@@ -83,8 +82,8 @@ impl GpuRegistry {
         }
     }
 
-    /// Loads and follows the registry until `stop` fires.
-    /// `readiness` is blocked on "registry" until the first load.
+    /// Loads and follows the registry until `stop` fires. `readiness` is blocked on
+    /// "registry" until the first load.
     pub async fn follow(
         self,
         client: Client,
@@ -93,58 +92,69 @@ impl GpuRegistry {
         stop: CancellationToken,
     ) {
         let root = keys.gpus_root();
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        while !stop.is_cancelled() {
-            let loaded = client
-                .kv_client()
-                .get(root.as_str(), Some(GetOptions::new().with_prefix()))
-                .await;
-            let resp = match loaded {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot load the GPU registry; retrying");
-                    telemetry::shutdown::or_cancel(&stop, tokio::time::sleep(backoff.next_delay()))
-                        .await;
-                    continue;
-                }
-            };
-            let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-            self.gpus.write().unwrap().clear();
-            self.aliases.write().unwrap().clear();
-            for kv in resp.kvs() {
-                self.apply_key(&keys, kv.key_str().unwrap_or_default(), Some(kv.value()));
-            }
-            self.loaded
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            readiness.clear("registry");
-            let opts = WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(revision + 1);
-            let mut stream = match client.clone().watch(root.as_str(), Some(opts)).await {
-                Ok(s) => s,
-                Err(_) => continue,
-            };
-            backoff.reset();
-            loop {
-                let Some(msg) = telemetry::shutdown::or_cancel(&stop, stream.message()).await
-                else {
-                    return;
-                };
-                match msg {
-                    Ok(Some(resp)) if !resp.canceled() => {
-                        for ev in resp.events() {
-                            if let Some(kv) = ev.kv() {
-                                let value = (ev.event_type() == EventType::Put).then(|| kv.value());
-                                self.apply_key(&keys, kv.key_str().unwrap_or_default(), value);
-                            }
-                        }
-                    }
-                    _ => {
-                        tracing::info!("registry watch ended; reloading");
-                        break;
-                    }
-                }
+        let follower = Follower {
+            cache: self,
+            keys,
+            readiness,
+        };
+        watch::follow(
+            client,
+            root,
+            WatchOptions::new().with_prefix(),
+            follower,
+            stop,
+        )
+        .await;
+    }
+}
+
+/// Loads everything at the first start and after a compaction (a resumed watch would miss
+/// deletions), then applies each event.
+struct Follower {
+    cache: GpuRegistry,
+    keys: Keys,
+    readiness: Readiness,
+}
+
+impl watch::Follower for Follower {
+    async fn resume(
+        &mut self,
+        client: &Client,
+        resume: Option<i64>,
+        compacted: bool,
+    ) -> Result<Option<i64>, etcd_client::Error> {
+        if let (Some(rev), false) = (resume, compacted) {
+            return Ok(Some(rev));
+        }
+        let resp = client
+            .kv_client()
+            .get(self.keys.gpus_root(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        self.cache.gpus.write().unwrap().clear();
+        self.cache.aliases.write().unwrap().clear();
+        for kv in resp.kvs() {
+            self.cache.apply_key(
+                &self.keys,
+                kv.key_str().unwrap_or_default(),
+                Some(kv.value()),
+            );
+        }
+        self.cache
+            .loaded
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.readiness.clear("registry");
+        Ok(Some(revision + 1))
+    }
+
+    fn handle(&mut self, resp: &etcd_client::WatchResponse) -> watch::Flow {
+        for ev in resp.events() {
+            if let Some(kv) = ev.kv() {
+                let value = (ev.event_type() == EventType::Put).then(|| kv.value());
+                self.cache
+                    .apply_key(&self.keys, kv.key_str().unwrap_or_default(), value);
             }
         }
+        watch::Flow::Continue
     }
 }

@@ -6,11 +6,9 @@
 //! revision seen is re-read and the watch resumes from the read's revision + 1, so no record
 //! is missed; the query cache is emptied, since a re-read cannot show deletions.
 
-use std::time::Duration;
-
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
-use telemetry::backoff::Backoff;
 use telemetry::keys::{prefix_end, Keys};
+use telemetry::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
@@ -25,67 +23,74 @@ pub async fn follow(
     stop: CancellationToken,
 ) {
     let root = keys.data_root();
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut next_rev = 0i64;
-    while !stop.is_cancelled() {
-        if next_rev == 0 {
-            // Only the header's revision is wanted: a point read of one key, not a count of
-            // the whole data prefix (which costs etcd a walk over every stored record).
-            match client.kv_client().get(root.as_str(), None).await {
-                Ok(r) => next_rev = r.header().map_or(0, |h| h.revision()) + 1,
-                Err(_) => {
-                    telemetry::shutdown::or_cancel(&stop, tokio::time::sleep(backoff.next_delay()))
-                        .await;
-                    continue;
-                }
+    let follower = Live {
+        hub,
+        cache,
+        keys,
+        root: root.clone(),
+    };
+    watch::follow(
+        client,
+        root,
+        WatchOptions::new().with_prefix(),
+        follower,
+        stop,
+    )
+    .await;
+}
+
+struct Live {
+    hub: Hub,
+    cache: QueryCache,
+    keys: Keys,
+    root: String,
+}
+
+impl watch::Follower for Live {
+    async fn resume(
+        &mut self,
+        client: &Client,
+        resume: Option<i64>,
+        compacted: bool,
+    ) -> Result<Option<i64>, etcd_client::Error> {
+        match (resume, compacted) {
+            (None, _) => {
+                // Only the header's revision is wanted: a point read of one key, not a count
+                // of the whole data prefix (which costs etcd a walk over every stored record).
+                let r = client.kv_client().get(self.root.as_str(), None).await?;
+                Ok(Some(r.header().map_or(0, |h| h.revision()) + 1))
+            }
+            (Some(since), true) => {
+                tracing::info!(since, "live watch compacted; re-reading what it missed");
+                self.cache.watch_lost(true);
+                let hub = &self.hub;
+                let read = replay(client, &self.root, since, |rev, v| hub.publish(rev, v)).await?;
+                Ok(Some(read + 1))
+            }
+            (Some(rev), false) => Ok(Some(rev)),
+        }
+    }
+
+    fn handle(&mut self, resp: &etcd_client::WatchResponse) -> watch::Flow {
+        if resp.created() {
+            // The watch starts right after the last event handled: nothing is missed.
+            self.cache.watch_live();
+        }
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let rev = kv.mod_revision();
+            if let Some(gpu) = kv.key_str().ok().and_then(|k| self.keys.data_gpu_of(k)) {
+                self.cache.saw_write(gpu, rev);
+            }
+            if ev.event_type() == EventType::Put {
+                self.hub.publish(rev, kv.value());
             }
         }
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(next_rev);
-        let Ok(mut stream) = client.clone().watch(root.as_str(), Some(opts)).await else {
-            telemetry::shutdown::or_cancel(&stop, tokio::time::sleep(backoff.next_delay())).await;
-            continue;
-        };
-        backoff.reset();
-        // The watch starts at next_rev, right after the last event handled: nothing is missed.
-        cache.watch_live();
-        loop {
-            let Some(msg) = telemetry::shutdown::or_cancel(&stop, stream.message()).await else {
-                return;
-            };
-            match msg {
-                Ok(Some(resp)) if resp.canceled() => {
-                    if resp.compact_revision() > 0 {
-                        tracing::info!(
-                            compact_revision = resp.compact_revision(),
-                            "live watch compacted; re-reading"
-                        );
-                        cache.watch_lost(true);
-                        match replay(&client, &root, next_rev, |rev, v| hub.publish(rev, v)).await {
-                            Ok(read_rev) => next_rev = read_rev + 1,
-                            Err(e) => tracing::warn!(error = %e, "re-read after compaction failed"),
-                        }
-                    }
-                    break;
-                }
-                Ok(Some(resp)) => {
-                    for ev in resp.events() {
-                        let Some(kv) = ev.kv() else { continue };
-                        let rev = kv.mod_revision();
-                        if let Some(gpu) = kv.key_str().ok().and_then(|k| keys.data_gpu_of(k)) {
-                            cache.saw_write(gpu, rev);
-                        }
-                        if ev.event_type() == EventType::Put {
-                            hub.publish(rev, kv.value());
-                        }
-                        next_rev = next_rev.max(rev + 1);
-                    }
-                }
-                _ => break,
-            }
-        }
-        cache.watch_lost(false);
+        watch::Flow::Continue
+    }
+
+    fn ended(&mut self) {
+        self.cache.watch_lost(false);
     }
 }
 

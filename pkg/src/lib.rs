@@ -21,5 +21,6 @@ pub mod shutdown;
 pub mod store;
 pub mod throttle;
 pub mod validate;
+pub mod watch;
 
 pub use telemetry_proto as proto;

@@ -8,3 +8,4 @@ mod openapi;
 mod pipeline;
 mod readme;
 mod streamer_inputs;
+mod watch;
