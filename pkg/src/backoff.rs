@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
+/// Exponential backoff with jitter, for retrying etcd calls without synchronised retries.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     base: Duration,
@@ -13,6 +14,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// Starts at `base`, doubling up to `max`.
     pub fn new(base: Duration, max: Duration) -> Self {
         Self {
             base,
@@ -32,6 +34,7 @@ impl Backoff {
         half + rand::rng().random_range(Duration::ZERO..=half)
     }
 
+    /// Starts over from `base` after a success.
     pub fn reset(&mut self) {
         self.attempt = 0;
     }

@@ -9,16 +9,22 @@ use crate::record::format_timestamp;
 /// One GPU the pipeline has seen, kept at `{prefix}/telemetry/gpus/{hostname}/{gpu_id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GpuInfo {
+    /// The GPU's UUID (the first one its host and index reported).
     pub uuid: String,
+    /// The GPU's index on its host.
     pub gpu_id: String,
+    /// The host's name.
     pub hostname: String,
+    /// The device name, e.g. `nvidia0`.
     pub device: String,
+    /// The GPU model, e.g. `NVIDIA H100 80GB HBM3`.
     pub model: String,
     /// RFC 3339 time of the newest reading seen when this entry was last refreshed.
     pub last_seen: String,
 }
 
 impl GpuInfo {
+    /// The entry a record describes.
     pub fn of(r: &TelemetryRecord) -> Self {
         Self {
             uuid: r.uuid.clone(),
@@ -34,16 +40,26 @@ impl GpuInfo {
 /// A stored reading as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TelemetryEntry {
+    /// The record's ULID.
     pub id: String,
+    /// RFC 3339 time of the reading.
     pub timestamp: String,
+    /// The metric name, e.g. `DCGM_FI_DEV_GPU_TEMP`.
     pub metric: String,
+    /// The reading.
     pub value: f64,
+    /// The GPU's index on its host.
     pub gpu_id: String,
+    /// The GPU's UUID.
     pub uuid: String,
+    /// The host's name.
     pub hostname: String,
+    /// The device name.
     pub device: String,
+    /// The GPU model.
     pub model: String,
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty", default)]
+    /// Other labels the source gave (container, pod, driver version, …).
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
@@ -71,13 +87,21 @@ impl From<&TelemetryRecord> for TelemetryEntry {
 /// A record the collector refused, kept at `{prefix}/telemetry/invalid/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvalidEntry {
+    /// The refused record's id (its key in the invalid area).
     pub id: String,
+    /// The queue message it came in.
     pub message_id: String,
+    /// The schema version it was sent in.
     pub schema_version: String,
+    /// Why it was refused.
     pub reason: String,
+    /// The host it named.
     pub hostname: String,
+    /// The GPU index it named.
     pub gpu_id: String,
+    /// The metric it named.
     pub metric: String,
+    /// When it was refused (RFC 3339).
     pub detected_at: String,
 }
 
@@ -85,11 +109,17 @@ pub struct InvalidEntry {
 /// original bytes so it can be requeued unchanged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetter {
+    /// The message's id.
     pub message_id: String,
+    /// The partition it was queued in (and is requeued into, when the queue has it).
     pub partition: u16,
+    /// Why it was dead-lettered.
     pub reason: String,
+    /// Failed attempts before it was.
     pub attempts: u32,
+    /// Records in the message.
     pub records: usize,
+    /// When it was dead-lettered (RFC 3339).
     pub dead_at: String,
     /// The message's protobuf bytes, base16.
     pub payload_hex: String,

@@ -12,12 +12,15 @@ use crate::config::EtcdArgs;
 #[derive(Debug, thiserror::Error)]
 #[error("etcd {context}: {source}")]
 pub struct EtcdError {
+    /// What we were doing.
     pub context: &'static str,
     #[source]
+    /// What etcd-client said.
     pub source: etcd_client::Error,
 }
 
 impl EtcdError {
+    /// Wraps an etcd-client error with what we were doing.
     pub fn new(context: &'static str, source: etcd_client::Error) -> Self {
         Self { context, source }
     }
@@ -53,6 +56,7 @@ pub fn is_not_found(e: &etcd_client::Error) -> bool {
 
 /// Shorthand for mapping an etcd-client error with context.
 pub trait Context<T> {
+    /// Adds `context` to an etcd-client error.
     fn ctx(self, context: &'static str) -> Result<T, EtcdError>;
 }
 

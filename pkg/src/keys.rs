@@ -16,12 +16,14 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// The layout under `prefix` (`ETCD_PREFIX`; empty for none).
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.trim_end_matches('/').to_string(),
         }
     }
 
+    /// The prefix every key starts with.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -30,9 +32,11 @@ impl Keys {
     pub fn queue_root(&self) -> String {
         format!("{}/queue/msg/", self.prefix)
     }
+    /// One partition's queued messages.
     pub fn queue_partition(&self, partition: u16) -> String {
         format!("{}/queue/msg/{partition:04}/", self.prefix)
     }
+    /// One queued message.
     pub fn queue_message(&self, partition: u16, id: &str) -> String {
         format!("{}{id}", self.queue_partition(partition))
     }
@@ -46,6 +50,7 @@ impl Keys {
     pub fn owners_root(&self) -> String {
         format!("{}/queue/owner/", self.prefix)
     }
+    /// The owner key of one partition.
     pub fn owner(&self, partition: u16) -> String {
         format!("{}{partition:04}", self.owners_root())
     }
@@ -54,6 +59,7 @@ impl Keys {
     pub fn members_root(&self) -> String {
         format!("{}/collectors/", self.prefix)
     }
+    /// One live collector.
     pub fn member(&self, id: &str) -> String {
         format!("{}{id}", self.members_root())
     }
@@ -62,9 +68,11 @@ impl Keys {
     pub fn attempts(&self, message_id: &str) -> String {
         format!("{}/queue/attempts/{message_id}", self.prefix)
     }
+    /// Every dead letter.
     pub fn dead_letters_root(&self) -> String {
         format!("{}/queue/dead/", self.prefix)
     }
+    /// One dead letter.
     pub fn dead_letter(&self, message_id: &str) -> String {
         format!("{}{message_id}", self.dead_letters_root())
     }
@@ -80,9 +88,11 @@ impl Keys {
         format!("{}/leases/{kind}/{bucket}", self.prefix)
     }
 
+    /// Every stored record.
     pub fn data_root(&self) -> String {
         format!("{}{DATA}", self.prefix)
     }
+    /// One GPU's stored records, in time order.
     pub fn data_gpu(&self, hostname: &str, gpu_id: &str) -> String {
         format!("{}{hostname}/{gpu_id}/", self.data_root())
     }
@@ -105,9 +115,11 @@ impl Keys {
         )
     }
 
+    /// The GPU registry.
     pub fn gpus_root(&self) -> String {
         format!("{}/telemetry/gpus/", self.prefix)
     }
+    /// One GPU's registry entry.
     pub fn gpu(&self, hostname: &str, gpu_id: &str) -> String {
         format!("{}{hostname}/{gpu_id}", self.gpus_root())
     }
@@ -128,9 +140,11 @@ impl Keys {
         format!("{}/telemetry/identity/uuid/{uuid}", self.prefix)
     }
 
+    /// Every refused record.
     pub fn invalid_root(&self) -> String {
         format!("{}/telemetry/invalid/", self.prefix)
     }
+    /// One refused record, with its reason.
     pub fn invalid(&self, id: &str) -> String {
         format!("{}{id}", self.invalid_root())
     }

@@ -6,6 +6,8 @@
 //! ([`store`]), and the plumbing every binary shares (config, logging, admin endpoints,
 //! shutdown).
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod backoff;
 pub mod config;

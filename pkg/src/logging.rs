@@ -2,6 +2,7 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// Installs the tracing subscriber: `RUST_LOG` sets the level, `format` is `text` or `json`.
 pub fn init(format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only on a terminal: logs piped to a file or a collector stay plain text.

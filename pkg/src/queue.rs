@@ -20,7 +20,9 @@ use crate::keys::Keys;
 use crate::record::now_millis;
 use crate::service::BadSetting;
 
+/// The topic every message carries.
 pub const TOPIC: &str = "gpu-telemetry";
+/// The schema version this build writes.
 pub const SCHEMA_VERSION: &str = "v1";
 
 /// Space a put costs in a request beyond its key and value (protobuf framing, op header).
@@ -50,6 +52,7 @@ pub fn envelope(mut records: Vec<TelemetryRecord>, schema_version: &str) -> Queu
     }
 }
 
+/// Publishes messages into the queue, spreading them over the partitions.
 pub struct Publisher {
     client: Client,
     keys: Keys,
@@ -60,12 +63,16 @@ pub struct Publisher {
 /// One encoded message ready to be put.
 #[derive(Debug, Clone)]
 pub struct Encoded {
+    /// The message's key.
     pub key: String,
+    /// The encoded message.
     pub value: Vec<u8>,
+    /// Records in it.
     pub records: usize,
 }
 
 impl Publisher {
+    /// A publisher within `limits` (partition count, Txn size).
     pub fn new(client: Client, keys: Keys, limits: QueueArgs) -> Self {
         let start = rand::random::<u32>();
         Self {
@@ -76,6 +83,7 @@ impl Publisher {
         }
     }
 
+    /// The queue's shape and etcd's limits, as agreed at start-up.
     pub fn limits(&self) -> &QueueArgs {
         &self.limits
     }

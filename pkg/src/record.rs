@@ -46,6 +46,7 @@ pub fn canonical_value(v: f64) -> String {
     }
 }
 
+/// The record's content hash, the lowercase hex SHA-256 of its canonical form (docs/identity.md).
 pub fn idempotency_key(r: &TelemetryRecord) -> String {
     hex::encode(Sha256::digest(canonical_form(r).as_bytes()))
 }
@@ -67,15 +68,18 @@ pub fn parse_timestamp(s: &str) -> Result<i64, String> {
         .ok_or_else(|| format!("timestamp {s:?} is out of range"))
 }
 
+/// RFC 3339 with as many fraction digits as needed.
 pub fn format_timestamp(nanos: i64) -> String {
     Utc.timestamp_nanos(nanos)
         .to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
+/// The wall clock in Unix nanoseconds.
 pub fn now_nanos() -> i64 {
     Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
 }
 
+/// The wall clock in Unix milliseconds.
 pub fn now_millis() -> i64 {
     Utc::now().timestamp_millis()
 }

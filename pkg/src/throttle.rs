@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// A token bucket on tokio's clock: `take` waits for tokens at `rate` per second, with a burst.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
     /// Tokens per second; 0 means unlimited.
@@ -30,10 +31,12 @@ impl TokenBucket {
         }
     }
 
+    /// Tokens per second (0: unlimited).
     pub fn rate(&self) -> f64 {
         self.rate
     }
 
+    /// True when the rate is 0.
     pub fn is_unlimited(&self) -> bool {
         self.rate == 0.0
     }

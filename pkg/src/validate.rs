@@ -9,7 +9,9 @@ use telemetry_proto::TelemetryRecord;
 
 use crate::record::{idempotency_key, parse_timestamp};
 
+/// The schema version records are migrated to.
 pub const CURRENT: &str = "v1";
+/// The schema versions producers may send.
 pub const SUPPORTED: [&str; 3] = ["v1", "v1beta2", "v1beta1"];
 
 /// Brings a record of `schema_version` to the current schema.

@@ -7,11 +7,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A free loopback port (bound, then released: the caller binds it next).
+///
+/// Ports come from 20000..32000, below Linux's ephemeral range (32768..60999), so a port
+/// handed out here is never taken meanwhile by a socket bound to port 0 or by an outgoing
+/// connection; and each is handed out once per test process. (Asking the kernel for port 0
+/// and releasing it raced with exactly those, with many tests running at once.)
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < 12_000, "no free loopback port left in 20000..32000");
+        let port = 20_000 + (start.wrapping_add(n) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Sends `sig` to `pid`.
