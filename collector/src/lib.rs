@@ -25,10 +25,8 @@ use crate::commit::Committer;
 use crate::dedupe::ProcessedSet;
 use crate::lease::KeptLease;
 use etcd_client::Client;
-use telemetry::etcd::EtcdError;
 use telemetry::keys::Keys;
-use telemetry::queue::PartitionsError;
-use telemetry::service::{AdminServer, BadSetting, EtcdUnreachable};
+use telemetry::service::StartError;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -47,28 +45,8 @@ pub struct Shared {
     pub permits: Semaphore,
 }
 
-/// Why a collector could not start or run.
-#[derive(Debug, thiserror::Error)]
-pub enum CollectorError {
-    /// A setting cannot work (exit 2).
-    #[error(transparent)]
-    Setting(#[from] BadSetting),
-    /// etcd never answered.
-    #[error(transparent)]
-    NoEtcd(#[from] EtcdUnreachable),
-    /// etcd failed.
-    #[error(transparent)]
-    Etcd(#[from] EtcdError),
-}
-
-impl From<PartitionsError> for CollectorError {
-    fn from(e: PartitionsError) -> Self {
-        match e {
-            PartitionsError::Mismatch(s) => Self::Setting(s),
-            PartitionsError::Etcd(e) => Self::Etcd(e),
-        }
-    }
-}
+/// Why a collector could not start: the start-up every queue process shares.
+pub type CollectorError = StartError;
 
 /// The admin address when `ADMIN_LISTEN` is not given.
 pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9102";
@@ -79,23 +57,20 @@ pub async fn run(
     counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) -> Result<(), CollectorError> {
-    let admin = AdminServer::start(
-        telemetry::admin::bind(cfg.admin_listen.as_deref(), DEFAULT_ADMIN_LISTEN).await?,
-    );
-    let readiness = admin.readiness.clone();
-    let tracker = TaskTracker::new();
-    let stop_health = CancellationToken::new();
-    let client = telemetry::service::connect_etcd(
+    let mut cfg = cfg;
+    let started = telemetry::service::start_queue_process(
+        cfg.admin_listen.as_deref(),
+        DEFAULT_ADMIN_LISTEN,
         &cfg.etcd,
         &cfg.runtime,
-        &readiness,
+        &mut cfg.queue,
         &shutdown,
-        stop_health.clone(),
     )
     .await?;
-    let mut cfg = cfg;
+    let readiness = started.admin.readiness.clone();
+    let client = started.client.clone();
+    let tracker = TaskTracker::new();
     let keys = Keys::new(&cfg.etcd.prefix);
-    telemetry::queue::agree(&client, &keys, &mut cfg.queue).await?;
     let processed = ProcessedSet::for_settings(&client, &keys, cfg.dedupe_window, cfg.retention);
     if let ProcessedSet::Markers(_) = processed {
         tracing::info!(
@@ -185,8 +160,7 @@ pub async fn run(
         }
     }
     telemetry::shutdown::drain(&tracker, shared.cfg.runtime.shutdown_grace).await;
-    stop_health.cancel();
-    admin.stop().await;
+    started.stop().await;
     Ok(())
 }
 

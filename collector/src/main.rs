@@ -6,11 +6,6 @@ use clap::Parser;
 use collector::config::{Command, DlqAction};
 use collector::{CollectorError, Config, Counters};
 
-/// mimalloc: the services allocate many small, short-lived objects (records, JSON, protobuf);
-/// glibc malloc spent a third of the gateway's CPU on them under load (see docs/performance.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     telemetry::service::main(Config::parse(), Config::validate, |c| &c.runtime, run).await

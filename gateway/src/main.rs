@@ -5,11 +5,6 @@ use clap::Parser;
 use gateway::Config;
 use telemetry::service::BadSetting;
 
-/// mimalloc: the services allocate many small, short-lived objects (records, JSON, protobuf);
-/// glibc malloc spent a third of the gateway's CPU on them under load (see docs/performance.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     telemetry::service::main(Config::parse(), Config::validate, |c| &c.runtime, run).await

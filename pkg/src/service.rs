@@ -14,7 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::Readiness;
 use crate::backoff::Backoff;
-use crate::config::{EtcdArgs, RuntimeArgs};
+use crate::config::{EtcdArgs, QueueArgs, RuntimeArgs};
+use crate::etcd::EtcdError;
+use crate::keys::Keys;
+use crate::queue::PartitionsError;
 
 /// A setting the user gave cannot work (a missing file, a taken port, a partition count that
 /// disagrees with the queue). The process stops with exit code 2 and this one-line message.
@@ -158,4 +161,66 @@ pub async fn connect_etcd(
             _ = tokio::time::sleep_until(wake) => {}
         }
     }
+}
+
+/// Why a queue process (streamer or collector) could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting cannot work (exit 2).
+    #[error(transparent)]
+    Setting(#[from] BadSetting),
+    /// etcd never answered.
+    #[error(transparent)]
+    NoEtcd(#[from] EtcdUnreachable),
+    /// etcd failed while reading the queue's shape.
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+}
+
+impl From<PartitionsError> for StartError {
+    fn from(e: PartitionsError) -> Self {
+        match e {
+            PartitionsError::Mismatch(s) => Self::Setting(s),
+            PartitionsError::Etcd(e) => Self::Etcd(e),
+        }
+    }
+}
+
+/// A queue process that has started: its admin endpoints, and a connected etcd client.
+pub struct Started {
+    /// The admin endpoints, serving since the first step.
+    pub admin: AdminServer,
+    /// Connected; the "etcd" readiness condition is kept current in the background.
+    pub client: Client,
+    health: CancellationToken,
+}
+
+impl Started {
+    /// Stops the background etcd probe and the admin endpoints.
+    pub async fn stop(self) {
+        self.health.cancel();
+        self.admin.stop().await;
+    }
+}
+
+/// Steps 1 to 3 of a streamer or collector: serve the admin endpoints (at `admin_listen`, or
+/// `default_admin`, or a free port when that is taken), connect to etcd, and agree on the
+/// queue's partition count (`queue` is set to the queue's own).
+pub async fn start_queue_process(
+    admin_listen: Option<&str>,
+    default_admin: &str,
+    etcd: &EtcdArgs,
+    runtime: &RuntimeArgs,
+    queue: &mut QueueArgs,
+    shutdown: &CancellationToken,
+) -> Result<Started, StartError> {
+    let admin = AdminServer::start(crate::admin::bind(admin_listen, default_admin).await?);
+    let health = CancellationToken::new();
+    let client = connect_etcd(etcd, runtime, &admin.readiness, shutdown, health.clone()).await?;
+    crate::queue::agree(&client, &Keys::new(&etcd.prefix), queue).await?;
+    Ok(Started {
+        admin,
+        client,
+        health,
+    })
 }

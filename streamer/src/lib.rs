@@ -13,10 +13,9 @@ pub mod source;
 
 use std::sync::Arc;
 
-use telemetry::etcd::EtcdError;
 use telemetry::keys::Keys;
-use telemetry::queue::{PartitionsError, Publisher};
-use telemetry::service::{AdminServer, BadSetting, EtcdUnreachable};
+use telemetry::queue::Publisher;
+use telemetry::service::{BadSetting, StartError};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -29,25 +28,23 @@ use crate::source::{Sink, Source, SourceError};
 /// Why a run could not start or finish.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamerError {
-    /// A setting cannot work (exit 2).
+    /// The start-up every queue process shares failed (a bad setting, no etcd).
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// A source setting cannot work (exit 2).
     #[error(transparent)]
     Setting(#[from] BadSetting),
     /// A source failed to start.
     #[error(transparent)]
     Source(#[from] SourceError),
-    /// etcd never answered.
-    #[error(transparent)]
-    NoEtcd(#[from] EtcdUnreachable),
-    /// etcd failed while reading the queue's shape.
-    #[error(transparent)]
-    Etcd(#[from] EtcdError),
 }
 
-impl From<PartitionsError> for StreamerError {
-    fn from(e: PartitionsError) -> Self {
-        match e {
-            PartitionsError::Mismatch(s) => Self::Setting(s),
-            PartitionsError::Etcd(e) => Self::Etcd(e),
+impl StreamerError {
+    /// The bad setting behind this error, if one is (exit 2).
+    pub fn bad_setting(self) -> Result<BadSetting, Self> {
+        match self {
+            Self::Setting(s) | Self::Start(StartError::Setting(s)) => Ok(s),
+            other => Err(other),
         }
     }
 }
@@ -128,21 +125,19 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StreamerError> {
     let sources = sources(&cfg)?;
-    let admin = AdminServer::start(
-        telemetry::admin::bind(cfg.admin_listen.as_deref(), DEFAULT_ADMIN_LISTEN).await?,
-    );
-    let stop_helpers = CancellationToken::new();
-    let client = telemetry::service::connect_etcd(
+    let mut cfg = cfg;
+    let started = telemetry::service::start_queue_process(
+        cfg.admin_listen.as_deref(),
+        DEFAULT_ADMIN_LISTEN,
         &cfg.etcd,
         &cfg.runtime,
-        &admin.readiness,
+        &mut cfg.queue,
         &shutdown,
-        stop_helpers.clone(),
     )
     .await?;
-    let mut cfg = cfg;
+    let client = started.client.clone();
     let keys = Keys::new(&cfg.etcd.prefix);
-    telemetry::queue::agree(&client, &keys, &mut cfg.queue).await?;
+    let stop_helpers = CancellationToken::new();
     let publisher = Arc::new(Publisher::new(client, keys, cfg.queue.clone()));
     let (tx, rx) = mpsc::channel(cfg.buffer);
     let (group_tx, group_rx) = mpsc::channel(cfg.publishers);
@@ -240,6 +235,6 @@ pub async fn run(
         inputs.wait().await;
     }
     stop_helpers.cancel();
-    admin.stop().await;
+    started.stop().await;
     Ok(())
 }

@@ -32,13 +32,13 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     if result.is_ok() || Counters::get(&counters.read) > 0 {
         println!("{}", counters.summary());
     }
-    match result {
+    match result.map_err(StreamerError::bad_setting) {
         Ok(()) if counters.unpublished() > 0 => Err(anyhow::anyhow!(
             "{} records were read but not published (etcd unreachable or full until the grace period ran out)",
             counters.unpublished()
         )),
         Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(StreamerError::Setting(s)) => Err(s.into()),
-        Err(e) => Err(e).context("streamer stopped"),
+        Err(Ok(setting)) => Err(setting.into()),
+        Err(Err(e)) => Err(e).context("streamer stopped"),
     }
 }
