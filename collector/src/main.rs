@@ -6,6 +6,10 @@ use clap::Parser;
 use collector::config::{Command, DlqAction};
 use collector::{CollectorError, Config, Counters};
 
+/// mimalloc: many small, short-lived allocations (docs/performance.md). Not in the streamer.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     telemetry::service::main(Config::parse(), Config::validate, |c| &c.runtime, run).await

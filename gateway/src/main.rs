@@ -5,6 +5,10 @@ use clap::Parser;
 use gateway::Config;
 use telemetry::service::BadSetting;
 
+/// mimalloc: many small, short-lived allocations (docs/performance.md). Not in the streamer.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     telemetry::service::main(Config::parse(), Config::validate, |c| &c.runtime, run).await

@@ -26,9 +26,3 @@ pub mod validate;
 pub mod watch;
 
 pub use telemetry_proto as proto;
-
-/// mimalloc for every binary that links this library (all three): the services allocate many
-/// small, short-lived objects (records, JSON, protobuf), and glibc malloc spent a third of the
-/// gateway's CPU on them under load (docs/performance.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

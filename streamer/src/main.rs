@@ -7,6 +7,8 @@ use streamer::config::Command;
 use streamer::{Config, Counters, Listeners, StreamerError};
 use telemetry::service::BadSetting;
 
+// The system allocator, unlike the collector and the gateway: with mimalloc the streamer's peak
+// memory on a 1 GB file rose from 35 to 97 MB (make bench), for no throughput it needs.
 #[tokio::main]
 async fn main() -> ExitCode {
     telemetry::service::main(Config::parse(), Config::validate, |c| &c.runtime, run).await

@@ -19,12 +19,13 @@ pub async fn list_invalid(
 ) -> Result<Json<Page<InvalidEntry>>, AppError> {
     let limit = super::telemetry::parse_limit(typed_param(&p, "limit"))?;
     let opts = GetOptions::new().with_prefix().with_limit(limit as i64);
-    let resp = s
-        .client
-        .kv_client()
-        .get(s.keys.invalid_root(), Some(opts))
-        .await
-        .ctx("list invalid records")?;
+    let mut kv = s.client.kv_client();
+    let resp = super::etcd_read(async {
+        kv.get(s.keys.invalid_root(), Some(opts))
+            .await
+            .ctx("list invalid records")
+    })
+    .await?;
     let entries: Vec<InvalidEntry> = resp
         .kvs()
         .iter()

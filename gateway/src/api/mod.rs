@@ -14,6 +14,22 @@ use axum::Json;
 use crate::error::AppError;
 use serde::Serialize;
 
+/// The longest one etcd read of a request may take: well under the request timeout, so that a
+/// stopped etcd gets a prompt 503 with `Retry-After`, not a hung request.
+pub(crate) const ETCD_READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Runs one etcd read under [`ETCD_READ_DEADLINE`].
+pub(crate) async fn etcd_read<T>(
+    read: impl std::future::Future<Output = Result<T, ::telemetry::etcd::EtcdError>>,
+) -> Result<T, AppError> {
+    match tokio::time::timeout(ETCD_READ_DEADLINE, read).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(AppError::Unavailable(format!(
+            "etcd did not answer within {ETCD_READ_DEADLINE:?}; retry shortly"
+        ))),
+    }
+}
+
 /// `{"success": true, "data": ..., "count": N[, "next_cursor": ...]}`, serialized straight
 /// from the entries (no intermediate JSON tree).
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -15,10 +15,6 @@ use telemetry::entries::TelemetryEntry;
 use telemetry::keys::key_time_of;
 use telemetry::store::scan;
 
-/// The longest one etcd read of a query may take: well under the request timeout, so that a
-/// stopped etcd gets a prompt 503 with `Retry-After`, not a hung request.
-const ETCD_READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
-
 use super::{ok, param, typed_param, Page, Params};
 use crate::cursor::Cursor;
 use crate::error::{AppError, ErrorBody};
@@ -211,16 +207,8 @@ async fn read_gpu(
     } as i64;
     let mut out = Vec::new();
     loop {
-        let (rows, more, rev) = tokio::time::timeout(
-            ETCD_READ_DEADLINE,
-            scan(&s.client, &next, &end, chunk, revision),
-        )
-        .await
-        .map_err(|_| {
-            AppError::Unavailable(format!(
-                "etcd did not answer within {ETCD_READ_DEADLINE:?}; retry shortly"
-            ))
-        })??;
+        let (rows, more, rev) =
+            super::etcd_read(scan(&s.client, &next, &end, chunk, revision)).await?;
         // Pin every later read to the first one's revision: one snapshot for all pages.
         if revision == 0 {
             revision = rev;

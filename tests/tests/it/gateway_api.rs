@@ -97,6 +97,19 @@ async fn rest_endpoints_answer_from_etcd_with_the_contract_shapes() {
     assert_eq!(host_gpus["count"], 8);
     let (s, b) = get(format!("{base}/api/v1/hosts/no-such-host/gpus")).await;
     assert_error(s, &b, 404, "NOT_FOUND");
+    // Invalid UTF-8 in a path, a repeated parameter, a wrong method: the same JSON shape.
+    let (s, b) = get(format!("{base}/api/v1/hosts/%FF%FE/gpus")).await;
+    assert_error(s, &b, 400, "BAD_REQUEST");
+    let (s, b) = get(format!("{base}/api/v1/gpus?hostname=a&hostname=b")).await;
+    assert_error(s, &b, 400, "INVALID_PARAMETER");
+    let resp = reqwest::Client::new()
+        .delete(format!("{base}/api/v1/gpus"))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let b: Value = resp.json().await.unwrap();
+    assert_error(status, &b, 405, "METHOD_NOT_ALLOWED");
 
     // A time range by UUID: start inclusive, end exclusive, oldest first.
     let uuid = "GPU-5fd4f087-86f3-7a43-b711-4771313afc50";

@@ -209,6 +209,24 @@ async fn health_and_ready_answer_while_etcd_is_down_and_ready_returns_with_it() 
             "{b}: /ready must turn 503 naming etcd when etcd goes away"
         );
     }
+    // A query that reads etcd (/invalid always does) gets a prompt 503 in the contract's shape
+    // with Retry-After, not a long wait for a 502 carrying gRPC text.
+    let resp = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{gateway_port}/api/v1/invalid"))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["success"], false);
+    assert_eq!(body["code"], "STORAGE_UNAVAILABLE", "{body}");
+    let text = body["error"].as_str().unwrap();
+    assert!(
+        !text.contains("tonic") && !text.contains("grpc"),
+        "no gRPC text: {text}"
+    );
     drop((collector, streamer, gateway));
 }
 
