@@ -124,16 +124,12 @@ impl GpuRegistry {
             return Ok(());
         }
         let lease = self.leases.current().await?;
-        for r in unknown {
-            let verdict = identity::check(
-                &self.client,
-                &self.keys,
-                &r.hostname,
-                &r.gpu_id,
-                &r.uuid,
-                lease,
-            )
-            .await?;
+        let reports: Vec<identity::Report> = unknown
+            .iter()
+            .map(|r| (r.hostname.as_str(), r.gpu_id.as_str(), r.uuid.as_str()))
+            .collect();
+        let verdicts = identity::check(&self.client, &self.keys, &reports, lease).await?;
+        for (r, verdict) in unknown.into_iter().zip(verdicts) {
             if verdict.conflict {
                 let alias = serde_json::to_vec(&GpuInfo::of(r)).unwrap_or_default();
                 self.client
