@@ -9,6 +9,7 @@ pub mod dcgm_csv;
 pub mod generate;
 pub mod pipeline;
 pub mod progress;
+pub mod publish;
 pub mod source;
 
 use std::sync::Arc;
@@ -163,7 +164,7 @@ pub async fn run(
     flow.spawn(batcher.run(rx, group_tx));
     let group_rx = Arc::new(Mutex::new(group_rx));
     for _ in 0..cfg.publishers {
-        flow.spawn(pipeline::publish(
+        flow.spawn(publish::publish(
             publisher.clone(),
             counters.clone(),
             group_rx.clone(),
