@@ -4,8 +4,13 @@
 mod collector_faults;
 mod collector_protocol;
 mod gateway_api;
+mod gateway_cache;
+mod gateway_limits;
+mod gateway_live;
+mod gateway_registry;
 mod openapi;
 mod pipeline;
 mod readme;
+mod streamer_ingest;
 mod streamer_inputs;
 mod watch;

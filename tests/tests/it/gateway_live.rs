@@ -1,0 +1,297 @@
+//! The gateway's WebSocket live stream: filters, replay by revision, and slow clients.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use pipeline_tests::services::{
+    count, init_tracing, start_collector, start_gateway, stream_csv, unique_prefix, wait_until,
+};
+use pipeline_tests::{sample_csv, EtcdCluster};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::gateway_api::{assert_error, csv_rows, get};
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Reads text frames until `n` records arrived (or 60 s passed).
+async fn read_records(ws: &mut Ws, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while out.len() < n && tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => match serde_json::from_str::<Value>(&t).unwrap() {
+                Value::Array(a) => out.extend(a),
+                v => out.push(v),
+            },
+            Ok(Some(Ok(_))) => {}
+            _ => break,
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_stream_delivers_new_records_filters_them_and_replays_from_a_revision() {
+    init_tracing();
+    let etcd = EtcdCluster::single().await;
+    let prefix = unique_prefix("ws");
+    let client = etcd.client().await;
+    let (gw, base) = start_gateway(etcd.endpoints(), &prefix, |c| c.ws_buffer = 8192).await;
+    let ws = base.replace("http", "ws") + "/api/v1/ws/telemetry";
+
+    // Something stored before anyone connects is not streamed live.
+    let (collector, _) = start_collector(etcd.endpoints(), &prefix, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let early = dir.path().join("early.csv");
+    std::fs::write(&early, "timestamp,metric_name,gpu_id,device,uuid,modelName,Hostname,container,pod,namespace,value,labels_raw\n\"2025-07-18T19:00:00Z\",\"DCGM_FI_DEV_GPU_UTIL\",\"0\",\"nvidia0\",\"GPU-early\",\"H100\",\"early-host\",\"\",\"\",\"\",\"1\",\"\"\n").unwrap();
+    stream_csv(etcd.endpoints(), &prefix, &[&early]).await;
+    let data = format!("{prefix}/telemetry/data/");
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            count(&client, &data).await == 1
+        })
+        .await
+    );
+
+    let (mut all, _) = tokio_tungstenite::connect_async(&ws).await.unwrap();
+    let (mut temps, _) = tokio_tungstenite::connect_async(format!(
+        "{ws}?metric=DCGM_FI_DEV_GPU_TEMP&hostname=mtv5-dgx1-hgpu-031"
+    ))
+    .await
+    .unwrap();
+    let (mut gpu3, _) = tokio_tungstenite::connect_async(format!("{ws}?gpu=3"))
+        .await
+        .unwrap();
+    // A client that never reads.
+    let (_stuck, _) = tokio_tungstenite::connect_async(&ws).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // let the server register the subscriptions
+
+    stream_csv(etcd.endpoints(), &prefix, &[&sample_csv()]).await;
+    let rows = csv_rows();
+    let got = read_records(&mut all, 2470).await;
+    assert_eq!(
+        got.len(),
+        2470,
+        "exactly the records stored after connecting"
+    );
+    assert!(got.iter().all(|f| f["hostname"] != "early-host"));
+    let keys: HashSet<(String, String, String)> = got
+        .iter()
+        .map(|f| {
+            (
+                f["uuid"].as_str().unwrap().into(),
+                f["metric"].as_str().unwrap().into(),
+                f["timestamp"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(keys.len(), 2470);
+    assert!(
+        got.iter()
+            .all(|f| f["revision"].as_i64().is_some_and(|r| r > 0)),
+        "each frame carries its revision"
+    );
+
+    let want_temps = rows
+        .iter()
+        .filter(|r| r.3 == "DCGM_FI_DEV_GPU_TEMP" && r.0 == "mtv5-dgx1-hgpu-031")
+        .count();
+    let got_temps = read_records(&mut temps, want_temps).await;
+    assert_eq!(got_temps.len(), want_temps);
+    assert!(got_temps
+        .iter()
+        .all(|f| f["metric"] == "DCGM_FI_DEV_GPU_TEMP" && f["hostname"] == "mtv5-dgx1-hgpu-031"));
+    let want_gpu3 = rows.iter().filter(|r| r.1 == "3").count();
+    let got_gpu3 = read_records(&mut gpu3, want_gpu3).await;
+    assert_eq!(got_gpu3.len(), want_gpu3);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), gpu3.next())
+            .await
+            .is_err(),
+        "nothing beyond the filter"
+    );
+
+    // A client that reconnects with since_revision gets what it missed, once.
+    let first_rev = got
+        .iter()
+        .map(|f| f["revision"].as_i64().unwrap())
+        .min()
+        .unwrap();
+    let (mut replay, _) =
+        tokio_tungstenite::connect_async(format!("{ws}?since_revision={first_rev}"))
+            .await
+            .unwrap();
+    let replayed = read_records(&mut replay, 2470).await;
+    assert_eq!(replayed.len(), 2470);
+    let mut by_rev: HashMap<i64, usize> = HashMap::new();
+    for f in &replayed {
+        *by_rev.entry(f["revision"].as_i64().unwrap()).or_default() += 1;
+    }
+    let mut live_by_rev: HashMap<i64, usize> = HashMap::new();
+    for f in &got {
+        *live_by_rev
+            .entry(f["revision"].as_i64().unwrap())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        by_rev, live_by_rev,
+        "the replay matches the live stream revision by revision"
+    );
+
+    let (s, b) = get(format!("{base}/api/v1/ws/telemetry?since_revision=abc")).await;
+    assert_error(s, &b, 400, "INVALID_REVISION");
+    collector.shutdown().await.unwrap();
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_off_without_delaying_others() {
+    init_tracing();
+    let etcd = EtcdCluster::single().await;
+    let prefix = unique_prefix("slow");
+    let (gw, base) = start_gateway(etcd.endpoints(), &prefix, |c| {
+        // Room for a commit's burst (63 records) for a client that reads; nothing more.
+        c.ws_buffer = 512;
+        c.ws_max_dropped = 32;
+        c.ws_ping_interval = Duration::from_secs(2);
+    })
+    .await;
+    let ws = base.replace("http", "ws") + "/api/v1/ws/telemetry";
+    // The stuck client: a tiny receive buffer, and it never reads until the end.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket
+        .connect(base.trim_start_matches("http://").parse().unwrap())
+        .await
+        .unwrap();
+    let (mut stuck, _) = tokio_tungstenite::client_async(&ws, stream).await.unwrap();
+    // The reader client keeps up by reading concurrently.
+    let (mut reader, _) =
+        tokio_tungstenite::connect_async(format!("{ws}?metric=DCGM_FI_DEV_GPU_UTIL"))
+            .await
+            .unwrap();
+    let reading = tokio::spawn(async move { read_records(&mut reader, 247 * 4).await.len() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (collector, _) = start_collector(etcd.endpoints(), &prefix, |_| {});
+    for _ in 0..4 {
+        // Four passes of the file with fresh identities: 9,880 frames for the stuck client.
+        let mut cfg = streamer::Config::for_tests(etcd.endpoints(), &prefix);
+        cfg.csv = vec![sample_csv()];
+        cfg.timestamps = Some(streamer::config::Timestamps::Now);
+        streamer::run(
+            cfg,
+            streamer::Listeners::default(),
+            std::sync::Arc::new(streamer::Counters::default()),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        reading.await.unwrap(),
+        247 * 4,
+        "the normal client got every frame it asked for"
+    );
+
+    // The stuck client was cut off: its stream ends before all frames, with 1008 if the close fit.
+    let mut frames = 0;
+    let mut close_code = None;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), stuck.next()).await {
+        match msg {
+            Ok(Message::Text(_)) => frames += 1,
+            Ok(Message::Close(c)) => {
+                close_code = c.map(|c| u16::from(c.code));
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(
+        frames < 2470 * 4,
+        "the stuck client did not get everything ({frames})"
+    );
+    if let Some(code) = close_code {
+        assert_eq!(code, 1008, "policy close");
+    }
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("ws_closed_slow"), "the cut-off is counted");
+    collector.shutdown().await.unwrap();
+    gw.shutdown().await.unwrap();
+}
+
+/// `WS_MAX_DROPPED` is enforced as soon as a client passes it, not at the next ping: a client
+/// that never reads is closed within seconds, with the default 30 s ping interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_ws_max_dropped_is_closed_before_any_ping_would_notice() {
+    init_tracing();
+    let etcd = EtcdCluster::single().await;
+    let prefix = unique_prefix("max-dropped");
+    let (gw, base) = start_gateway(etcd.endpoints(), &prefix, |c| {
+        // The default queue (4,096 frames): losses start only once the socket is full and
+        // sends block, which is when a check made only on delivery never runs.
+        c.ws_max_dropped = 1000;
+        assert_eq!(c.ws_ping_interval, Duration::from_secs(30), "the default");
+    })
+    .await;
+    let ws = base.replace("http", "ws") + "/api/v1/ws/telemetry";
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket
+        .connect(base.trim_start_matches("http://").parse().unwrap())
+        .await
+        .unwrap();
+    let (mut stuck, _) = tokio_tungstenite::client_async(&ws, stream).await.unwrap();
+    let (collector, _) = start_collector(etcd.endpoints(), &prefix, |_| {});
+    // Enough to fill the socket buffers (about 10 MB of frames): sends block from then on.
+    for _ in 0..10 {
+        let mut cfg = streamer::Config::for_tests(etcd.endpoints(), &prefix);
+        cfg.csv = vec![sample_csv()];
+        cfg.timestamps = Some(streamer::config::Timestamps::Now);
+        streamer::run(
+            cfg,
+            streamer::Listeners::default(),
+            std::sync::Arc::new(streamer::Counters::default()),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    }
+    let client = etcd.client().await;
+    let data = format!("{prefix}/telemetry/data/");
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            count(&client, &data).await == 24_700
+        })
+        .await
+    );
+    // Now read: what was buffered, then the end of the stream, well before a 30 s ping.
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut frames = 0;
+        loop {
+            match stuck.next().await {
+                Some(Ok(Message::Text(_))) => frames += 1,
+                Some(Ok(Message::Close(c))) => return (frames, c.map(|c| u16::from(c.code))),
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => return (frames, None),
+            }
+        }
+    })
+    .await;
+    let (frames, code) = ended.expect("the stuck client is closed within seconds, not at a ping");
+    assert!(frames < 24_700, "it lost frames ({frames} of 24,700)");
+    if let Some(code) = code {
+        assert_eq!(code, 1008);
+    }
+    collector.shutdown().await.unwrap();
+    gw.shutdown().await.unwrap();
+}
