@@ -56,6 +56,29 @@ fn spawn_collector(endpoints: &[String], prefix: &str, id: &str) -> Proc {
     Proc { child, admin }
 }
 
+/// Publishes `csv` once at `rate` records/s, in this process; returns the run and its counters.
+fn publish_at(
+    etcd: &EtcdCluster,
+    prefix: &str,
+    csv: &Path,
+    rate: f64,
+) -> (
+    tokio::task::JoinHandle<Result<(), streamer::StreamerError>>,
+    std::sync::Arc<streamer::Counters>,
+) {
+    let mut cfg = streamer::Config::for_tests(etcd.endpoints(), prefix);
+    cfg.csv = vec![csv.to_path_buf()];
+    cfg.rate = rate;
+    let counters = std::sync::Arc::new(streamer::Counters::default());
+    let run = tokio::spawn(streamer::run(
+        cfg,
+        streamer::Listeners::default(),
+        counters.clone(),
+        CancellationToken::new(),
+    ));
+    (run, counters)
+}
+
 fn signal(p: &Proc, sig: i32) {
     assert!(signal_pid(p.child.id(), sig), "kill({sig}) failed");
 }
@@ -95,16 +118,7 @@ async fn four_collectors_store_everything_once_through_sigkill_and_sigstop() {
     );
 
     // Publish at a steady rate so the collectors are busy when the faults hit.
-    let mut cfg = streamer::Config::for_tests(etcd.endpoints(), &prefix);
-    cfg.csv = vec![csv.clone()];
-    cfg.rate = 10_000.0;
-    let counters = std::sync::Arc::new(streamer::Counters::default());
-    let streaming = tokio::spawn(streamer::run(
-        cfg,
-        streamer::Listeners::default(),
-        counters.clone(),
-        CancellationToken::new(),
-    ));
+    let (streaming, counters) = publish_at(&etcd, &prefix, &csv, 10_000.0);
 
     let data = format!("{prefix}/telemetry/data/");
     assert!(
@@ -301,16 +315,7 @@ async fn an_etcd_frozen_past_the_lease_loses_and_doubles_nothing_and_the_live_st
         seen.len()
     });
     let (collector, _) = start_collector(etcd.endpoints(), &prefix, |_| {});
-    let mut cfg = streamer::Config::for_tests(etcd.endpoints(), &prefix);
-    cfg.csv = vec![csv.clone()];
-    cfg.rate = 2_000.0;
-    let counters = std::sync::Arc::new(streamer::Counters::default());
-    let streaming = tokio::spawn(streamer::run(
-        cfg,
-        streamer::Listeners::default(),
-        counters.clone(),
-        CancellationToken::new(),
-    ));
+    let (streaming, counters) = publish_at(&etcd, &prefix, &csv, 2_000.0);
     let data = format!("{prefix}/telemetry/data/");
     assert!(
         wait_until(Duration::from_secs(60), || async {

@@ -177,20 +177,8 @@ async fn a_client_that_never_reads_is_cut_off_without_delaying_others() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let (collector, _) = start_collector(etcd.endpoints(), &prefix, |_| {});
-    for _ in 0..4 {
-        // Four passes of the file with fresh identities: 9,880 frames for the stuck client.
-        let mut cfg = streamer::Config::for_tests(etcd.endpoints(), &prefix);
-        cfg.csv = vec![sample_csv()];
-        cfg.timestamps = Some(streamer::config::Timestamps::Now);
-        streamer::run(
-            cfg,
-            streamer::Listeners::default(),
-            std::sync::Arc::new(streamer::Counters::default()),
-            tokio_util::sync::CancellationToken::new(),
-        )
-        .await
-        .unwrap();
-    }
+    // Four passes of the file with fresh identities: 9,880 frames for the stuck client.
+    publish_passes(&etcd, &prefix, 4).await;
     assert_eq!(
         reading.await.unwrap(),
         247 * 4,
@@ -253,19 +241,7 @@ async fn a_client_past_ws_max_dropped_is_closed_before_any_ping_would_notice() {
     let (mut stuck, _) = tokio_tungstenite::client_async(&ws, stream).await.unwrap();
     let (collector, _) = start_collector(etcd.endpoints(), &prefix, |_| {});
     // Enough to fill the socket buffers (about 10 MB of frames): sends block from then on.
-    for _ in 0..10 {
-        let mut cfg = streamer::Config::for_tests(etcd.endpoints(), &prefix);
-        cfg.csv = vec![sample_csv()];
-        cfg.timestamps = Some(streamer::config::Timestamps::Now);
-        streamer::run(
-            cfg,
-            streamer::Listeners::default(),
-            std::sync::Arc::new(streamer::Counters::default()),
-            tokio_util::sync::CancellationToken::new(),
-        )
-        .await
-        .unwrap();
-    }
+    publish_passes(&etcd, &prefix, 10).await;
     let client = etcd.client().await;
     let data = format!("{prefix}/telemetry/data/");
     assert!(
@@ -294,4 +270,22 @@ async fn a_client_past_ws_max_dropped_is_closed_before_any_ping_would_notice() {
     }
     collector.shutdown().await.unwrap();
     gw.shutdown().await.unwrap();
+}
+
+/// Publishes the real CSV `passes` times, each pass stamped with the time it is published, so
+/// every pass is new data (2,470 records each).
+async fn publish_passes(etcd: &EtcdCluster, prefix: &str, passes: usize) {
+    for _ in 0..passes {
+        let mut cfg = streamer::Config::for_tests(etcd.endpoints(), prefix);
+        cfg.csv = vec![sample_csv()];
+        cfg.timestamps = Some(streamer::config::Timestamps::Now);
+        streamer::run(
+            cfg,
+            streamer::Listeners::default(),
+            std::sync::Arc::new(streamer::Counters::default()),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    }
 }

@@ -32,6 +32,16 @@ async fn get(url: &str) -> Option<(u16, serde_json::Value)> {
     Some((status, resp.json().await.unwrap_or_default()))
 }
 
+/// Polls `http://{addr}/ready` until it answers 200, at most `secs` seconds.
+async fn becomes_ready(addr: &str, secs: u64) -> bool {
+    wait_until(Duration::from_secs(secs), || async {
+        get(&format!("http://{addr}/ready"))
+            .await
+            .is_some_and(|(s, _)| s == 200)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_pass_streamer_exits_as_soon_as_its_file_is_published() {
     let etcd = EtcdCluster::single().await;
@@ -92,13 +102,7 @@ async fn two_collectors_and_two_streamers_run_side_by_side_on_one_host() {
         "every process serves its own admin port: {admins:?}"
     );
     for a in &admins {
-        let ready = wait_until(Duration::from_secs(30), || async {
-            get(&format!("http://{a}/ready"))
-                .await
-                .is_some_and(|(s, _)| s == 200)
-        })
-        .await;
-        assert!(ready, "{a} never became ready");
+        assert!(becomes_ready(a, 30).await, "{a} never became ready");
     }
     // Half of the real CSV through each streamer; all of it stored once.
     let csv = std::fs::read_to_string(sample_csv()).unwrap();
@@ -188,13 +192,10 @@ async fn health_and_ready_answer_while_etcd_is_down_and_ready_returns_with_it() 
 
     etcd.restart(0).await;
     for b in &bases {
-        let ready = wait_until(Duration::from_secs(60), || async {
-            get(&format!("http://{b}/ready"))
-                .await
-                .is_some_and(|(s, _)| s == 200)
-        })
-        .await;
-        assert!(ready, "{b} never became ready once etcd was back");
+        assert!(
+            becomes_ready(b, 60).await,
+            "{b} never became ready once etcd was back"
+        );
     }
 
     // Stopped again while running: not ready with a reason, answered at once.
@@ -279,13 +280,11 @@ async fn a_gateway_shutdown_closes_websockets_with_1001() {
         "gateway",
         cmd("gateway", &etcd.endpoints(), &prefix).env("GATEWAY_PORT", port.to_string()),
     );
-    let up = wait_until(Duration::from_secs(30), || async {
-        get(&format!("http://127.0.0.1:{port}/ready"))
-            .await
-            .is_some_and(|(s, _)| s == 200)
-    })
-    .await;
-    assert!(up, "{}", gateway.stderr());
+    assert!(
+        becomes_ready(&format!("127.0.0.1:{port}"), 30).await,
+        "{}",
+        gateway.stderr()
+    );
     let (mut ws, _) =
         tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/api/v1/ws/telemetry"))
             .await
