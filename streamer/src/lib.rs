@@ -6,6 +6,7 @@ pub mod backpressure;
 pub mod config;
 pub mod counters;
 pub mod dcgm_csv;
+pub mod dcgm_fields;
 pub mod generate;
 pub mod pipeline;
 pub mod progress;

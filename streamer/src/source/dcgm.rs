@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::dcgm_csv::{is_dcgm_blank, parse_labels};
+use crate::dcgm_fields::{is_dcgm_blank, parse_labels};
 use futures::future::BoxFuture;
 use telemetry::proto::TelemetryRecord;
 use telemetry::record::now_nanos;
