@@ -2,7 +2,9 @@
 //! instead of one per file). Each module starts real etcd processes on free loopback ports.
 
 mod collector_faults;
+mod collector_invalid;
 mod collector_protocol;
+mod etcd_outages;
 mod gateway_api;
 mod gateway_cache;
 mod gateway_limits;
@@ -11,6 +13,9 @@ mod gateway_registry;
 mod openapi;
 mod pipeline;
 mod readme;
+mod readme_stop;
+mod streamer_errors;
 mod streamer_ingest;
 mod streamer_inputs;
+mod streamer_resilience;
 mod watch;
