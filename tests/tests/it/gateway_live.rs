@@ -161,13 +161,7 @@ async fn a_client_that_never_reads_is_cut_off_without_delaying_others() {
     .await;
     let ws = base.replace("http", "ws") + "/api/v1/ws/telemetry";
     // The stuck client: a tiny receive buffer, and it never reads until the end.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket
-        .connect(base.trim_start_matches("http://").parse().unwrap())
-        .await
-        .unwrap();
-    let (mut stuck, _) = tokio_tungstenite::client_async(&ws, stream).await.unwrap();
+    let mut stuck = stuck_client(&base).await;
     // The reader client keeps up by reading concurrently.
     let (mut reader, _) =
         tokio_tungstenite::connect_async(format!("{ws}?metric=DCGM_FI_DEV_GPU_UTIL"))
@@ -231,14 +225,7 @@ async fn a_client_past_ws_max_dropped_is_closed_before_any_ping_would_notice() {
         assert_eq!(c.ws_ping_interval, Duration::from_secs(30), "the default");
     })
     .await;
-    let ws = base.replace("http", "ws") + "/api/v1/ws/telemetry";
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket
-        .connect(base.trim_start_matches("http://").parse().unwrap())
-        .await
-        .unwrap();
-    let (mut stuck, _) = tokio_tungstenite::client_async(&ws, stream).await.unwrap();
+    let mut stuck = stuck_client(&base).await;
     let (collector, _) = start_collector(etcd.endpoints(), &prefix, |_| {});
     // Enough to fill the socket buffers (about 10 MB of frames): sends block from then on.
     publish_passes(&etcd, &prefix, 10).await;
@@ -288,4 +275,17 @@ async fn publish_passes(etcd: &EtcdCluster, prefix: &str, passes: usize) {
         .await
         .unwrap();
     }
+}
+
+/// A WebSocket client with a tiny receive buffer, which reads nothing until the test does.
+async fn stuck_client(base: &str) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let ws = base.replace("http", "ws") + "/api/v1/ws/telemetry";
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket
+        .connect(base.trim_start_matches("http://").parse().unwrap())
+        .await
+        .unwrap();
+    let (stuck, _) = tokio_tungstenite::client_async(&ws, stream).await.unwrap();
+    stuck
 }

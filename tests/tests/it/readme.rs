@@ -29,6 +29,25 @@ pub(crate) async fn get(url: &str) -> Option<(u16, serde_json::Value)> {
     Some((status, resp.json().await.unwrap_or_default()))
 }
 
+/// Asserts that every address answers `/health` 200 and `/ready` 503 naming etcd, within 10 s.
+async fn assert_all_not_ready(addrs: &[String], when: &str) {
+    for a in addrs {
+        let not_ready = wait_until(Duration::from_secs(10), || async {
+            let health = get(&format!("http://{a}/health")).await;
+            let ready = get(&format!("http://{a}/ready")).await;
+            matches!(health, Some((200, _)))
+                && ready.is_some_and(|(s, body)| {
+                    s == 503 && body["reason"].as_str().is_some_and(|r| r.contains("etcd"))
+                })
+        })
+        .await;
+        assert!(
+            not_ready,
+            "{a}: /health must be 200 and /ready 503 naming etcd {when}"
+        );
+    }
+}
+
 /// Polls `http://{addr}/ready` until it answers 200, at most `secs` seconds.
 pub(crate) async fn becomes_ready(addr: &str, secs: u64) -> bool {
     wait_until(Duration::from_secs(secs), || async {
@@ -162,24 +181,7 @@ async fn health_and_ready_answer_while_etcd_is_down_and_ready_returns_with_it() 
     bases.push(collector.admin_addr().await);
     bases.push(streamer.admin_addr().await);
 
-    let not_ready_with_a_reason = |base: String| async move {
-        let health = get(&format!("http://{base}/health")).await;
-        let ready = get(&format!("http://{base}/ready")).await;
-        matches!(health, Some((200, _)))
-            && ready.is_some_and(|(s, body)| {
-                s == 503 && body["reason"].as_str().is_some_and(|r| r.contains("etcd"))
-            })
-    };
-    for b in &bases {
-        let b2 = b.clone();
-        assert!(
-            wait_until(Duration::from_secs(10), || not_ready_with_a_reason(
-                b2.clone()
-            ))
-            .await,
-            "{b}: /health must be 200 and /ready 503 naming etcd while etcd is down"
-        );
-    }
+    assert_all_not_ready(&bases, "while etcd is down").await;
     // The API says why too, in the contract's shape.
     let (status, body) = get(&format!("http://127.0.0.1:{gateway_port}/api/v1/gpus"))
         .await
@@ -197,16 +199,7 @@ async fn health_and_ready_answer_while_etcd_is_down_and_ready_returns_with_it() 
 
     // Stopped again while running: not ready with a reason, answered at once.
     etcd.kill(0);
-    for b in &bases {
-        let b2 = b.clone();
-        assert!(
-            wait_until(Duration::from_secs(10), || not_ready_with_a_reason(
-                b2.clone()
-            ))
-            .await,
-            "{b}: /ready must turn 503 naming etcd when etcd goes away"
-        );
-    }
+    assert_all_not_ready(&bases, "when etcd goes away").await;
     // A query that reads etcd (/invalid always does) gets a prompt 503 in the contract's shape
     // with Retry-After, not a long wait for a 502 carrying gRPC text.
     let resp = reqwest::Client::new()
