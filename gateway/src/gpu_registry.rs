@@ -20,16 +20,11 @@ use tokio_util::sync::CancellationToken;
 pub struct GpuRegistry {
     gpus: Arc<RwLock<BTreeMap<(String, String), GpuInfo>>>,
     aliases: Arc<RwLock<BTreeMap<(String, String), GpuInfo>>>,
-    loaded: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl GpuRegistry {
     pub fn all(&self) -> Vec<GpuInfo> {
         self.gpus.read().unwrap().values().cloned().collect()
-    }
-
-    pub fn is_loaded(&self) -> bool {
-        self.loaded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// GPUs an id names: a UUID names one GPU; an index names that index on every host
@@ -140,9 +135,6 @@ impl watch::Follower for Follower {
                 Some(kv.value()),
             );
         }
-        self.cache
-            .loaded
-            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.readiness.clear("registry");
         Ok(Some(revision + 1))
     }

@@ -129,7 +129,7 @@ pub enum GatewayError {
 }
 
 /// Builds the state over a connected `client`, and starts the registry and live-stream
-/// watches.
+/// watches. The registry clears `readiness`'s "registry" condition at its first load.
 pub fn state(
     cfg: Config,
     client: Client,
@@ -141,7 +141,6 @@ pub fn state(
     let registry = gpu_registry::GpuRegistry::default();
     let hub = hub::Hub::default();
     let cache = query_cache::QueryCache::new(cfg.query_cache_mb * 1024 * 1024, cfg.query_cache_ttl);
-    readiness.block("registry", "loading the GPU registry");
     tasks.spawn(registry.clone().follow(
         client.clone(),
         keys.clone(),

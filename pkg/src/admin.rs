@@ -73,11 +73,6 @@ impl Readiness {
             Err(m.clone())
         }
     }
-
-    /// True when nothing blocks.
-    pub fn is_ready(&self) -> bool {
-        self.0.lock().unwrap().is_empty()
-    }
 }
 
 /// The three admin routes over `readiness`.
@@ -173,12 +168,12 @@ mod tests {
     #[test]
     fn readiness_lists_every_blocking_condition() {
         let r = Readiness::new();
-        assert!(!r.is_ready());
+        assert!(r.check().is_err());
         r.block("storage", "etcd is full");
         r.clear("etcd");
         assert_eq!(r.check().unwrap_err().len(), 1);
         r.clear("storage");
-        assert!(r.is_ready());
+        assert!(r.check().is_ok());
     }
 
     #[tokio::test]

@@ -7,10 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use pipeline_tests::process::{free_port, Proc};
-use pipeline_tests::services::{
-    binary, count, start_collector, stream_csv, unique_prefix, wait_until,
-};
-use pipeline_tests::{sample_csv, EtcdCluster};
+use pipeline_tests::services::{binary, wait_until};
 
 /// Where `.ci/deps.sh` installs it, unless `SCHEMATHESIS` names another.
 fn schemathesis() -> PathBuf {
@@ -29,19 +26,8 @@ fn schemathesis() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_matches_what_the_gateway_answers() {
-    let etcd = EtcdCluster::single().await;
-    let prefix = unique_prefix("openapi");
-    let (collector, _) = start_collector(etcd.endpoints(), &prefix, |_| {});
-    stream_csv(etcd.endpoints(), &prefix, &[&sample_csv()]).await;
-    let client = etcd.client().await;
-    let data = format!("{prefix}/telemetry/data/");
-    assert!(
-        wait_until(Duration::from_secs(60), || async {
-            count(&client, &data).await == 2470
-        })
-        .await
-    );
-    collector.shutdown().await.unwrap();
+    let crate::gateway_api::Loaded { etcd, prefix } =
+        crate::gateway_api::load_real_csv("openapi").await;
 
     let port = free_port();
     let gateway = Proc::spawn(
