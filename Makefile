@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BINARIES := streamer collector gateway
 
-.PHONY: help deps build build-streamer build-collector build-gateway test test-unit lint fmt bench bench-cluster demo clean
+.PHONY: help deps build build-streamer build-collector build-gateway test test-unit lint fmt bench bench-storage bench-cluster demo clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,6 +52,9 @@ bench: ## Benchmark on a fresh single-node etcd; prints a table, writes bench-re
 	@BENCH=1 bash .ci/deps.sh
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) run --release -q -p pipeline-tests --bin bench -- $(BENCH_ARGS)
+
+bench-storage: ## Storage lifecycle: a 20M-sample soak on a 256 MiB etcd quota, maintainer on vs off (~15 min)
+	$(MAKE) bench BENCH_ARGS="--storage $(BENCH_ARGS)"
 
 bench-cluster: ## The same benchmark on a 3-node local etcd cluster
 	$(MAKE) bench BENCH_ARGS="--cluster $(BENCH_ARGS)"

@@ -153,7 +153,21 @@ impl Committer {
                     self.retention.invalidate();
                     continue;
                 }
-                Err(e) => return Err(EtcdError::new("commit", e)),
+                Err(e) => {
+                    let e = EtcdError::new("commit", e);
+                    // The Txn that crosses etcd's quota is applied and then answered with
+                    // NOSPACE: find out, so that the counts stay exact.
+                    if telemetry::storage::is_no_space(&e)
+                        && self.landed(msg, &valid, invalid).await
+                    {
+                        return Ok(Outcome::Committed {
+                            stored: valid.len(),
+                            duplicates,
+                            invalid: invalid.len(),
+                        });
+                    }
+                    return Err(e);
+                }
             };
             if resp.succeeded() {
                 return Ok(Outcome::Committed {
@@ -268,6 +282,35 @@ impl Committer {
             success.push(TxnOp::delete(k.attempts(&msg.message_id), None));
         }
         Txn::new().when(compares).and_then(success).or_else(failure)
+    }
+
+    /// Whether a Txn that failed with NOSPACE was applied anyway: its first and last puts both
+    /// exist, written by one revision after the message was read. (A Txn is atomic, and no
+    /// other write puts both at one revision.)
+    async fn landed(
+        &self,
+        msg: &Claimed,
+        valid: &[&TelemetryRecord],
+        invalid: &[Refused<'_>],
+    ) -> bool {
+        let mut puts: Vec<String> = valid.iter().map(|r| self.processed_key(r)).collect();
+        puts.extend(invalid.iter().map(|r| r.key.clone()));
+        let (Some(first), Some(last)) = (puts.first(), puts.last()) else {
+            return false;
+        };
+        let mut revisions = Vec::with_capacity(2);
+        for key in [first, last] {
+            match self
+                .client
+                .kv_client()
+                .get(key.as_str(), Some(GetOptions::new().with_keys_only()))
+                .await
+            {
+                Ok(r) => revisions.extend(r.kvs().first().map(|kv| kv.mod_revision())),
+                Err(_) => return false,
+            }
+        }
+        matches!(revisions[..], [a, b] if a == b && a > msg.mod_revision)
     }
 
     /// The key a record's processed-set entry lives at.

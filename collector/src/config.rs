@@ -53,6 +53,9 @@ pub struct Config {
     #[arg(long = "rescan-interval", env = "MQ_RESCAN_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub rescan_interval: Duration,
 
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
     /// Where /health, /ready and /metrics are served [default: 0.0.0.0:9102, or a free port
     /// when that one is taken]; empty disables them. An address given here must be bound.
     #[arg(long = "admin-listen", env = "ADMIN_LISTEN")]
@@ -60,6 +63,82 @@ pub struct Config {
 
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// The storage maintainer's settings (docs/storage.md). Every collector takes them, since any
+/// of them may be elected.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StorageArgs {
+    /// etcd history kept before compaction, so that watches and WebSocket resumes work within
+    /// it. Compacted sooner when space is short.
+    #[arg(long = "storage-history", env = "STORAGE_HISTORY", default_value = "10m", value_parser = parse_duration)]
+    pub history: Duration,
+
+    /// etcd's --quota-backend-bytes (a size such as 2GiB, or bytes). When a member reports a
+    /// smaller quota (etcd 3.6 and later do), that one is used.
+    #[arg(long = "etcd-quota-bytes", env = "ETCD_QUOTA_BYTES", default_value = "2GiB", value_parser = parse_size)]
+    pub quota_bytes: u64,
+
+    /// How much of etcd the pipeline may fill: a percentage of the quota (80%) or a size
+    /// (1.5GiB). Above it the oldest samples expire first.
+    #[arg(long = "storage-budget", env = "STORAGE_BUDGET", default_value = "80%", value_parser = parse_budget)]
+    pub budget: Budget,
+
+    /// How often the maintainer looks at etcd's size (four times as often when space is short).
+    #[arg(long = "storage-check-interval", env = "STORAGE_CHECK_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub check_interval: Duration,
+
+    /// Whether this collector stands for election as the storage maintainer. Turning it off
+    /// everywhere leaves etcd's history and size unmanaged (the benchmark's baseline).
+    #[arg(long = "storage-maintainer", env = "STORAGE_MAINTAINER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub maintainer: bool,
+}
+
+/// `STORAGE_BUDGET`: a share of the quota, or a size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Budget {
+    /// A fraction of the quota, in (0, 1].
+    Share(f64),
+    /// Bytes.
+    Bytes(u64),
+}
+
+impl Budget {
+    /// The budget in bytes for `quota`; never above the quota.
+    pub fn bytes(self, quota: u64) -> u64 {
+        match self {
+            Budget::Share(f) => (quota as f64 * f) as u64,
+            Budget::Bytes(b) => b.min(quota),
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let b = s
+        .trim()
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| format!("{e} (expected a size such as 2GiB, 512MiB or 1073741824)"))?
+        .as_u64();
+    if b < 1024 * 1024 {
+        return Err(format!("{b} bytes is below 1MiB, too small for etcd"));
+    }
+    Ok(b)
+}
+
+fn parse_budget(s: &str) -> Result<Budget, String> {
+    match s.trim().strip_suffix('%') {
+        Some(p) => {
+            let p: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?} is not a percentage (expected e.g. 80%)"))?;
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(format!("{s:?}: a percentage must be in (0, 100]"));
+            }
+            Ok(Budget::Share(p / 100.0))
+        }
+        None => parse_size(s).map(Budget::Bytes),
+    }
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -94,6 +173,18 @@ impl Config {
                 .unwrap_or_else(|_| "collector".into());
             self.id = format!("{host}-{}", std::process::id());
         }
+        let s = &self.storage;
+        if let Budget::Bytes(b) = s.budget {
+            if b > s.quota_bytes {
+                return Err(format!(
+                    "STORAGE_BUDGET ({b} bytes) is larger than ETCD_QUOTA_BYTES ({} bytes)",
+                    s.quota_bytes
+                ));
+            }
+        }
+        if s.check_interval < Duration::from_millis(100) {
+            return Err("STORAGE_CHECK_INTERVAL must be at least 100ms".into());
+        }
         if self.id.contains('/') {
             return Err("COLLECTOR_ID must not contain '/'".into());
         }
@@ -108,5 +199,36 @@ impl Config {
         c.rescan_interval = Duration::from_secs(1);
         c.runtime.etcd_startup_timeout = Duration::ZERO;
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_are_a_share_or_a_size() {
+        assert_eq!(parse_budget("80%"), Ok(Budget::Share(0.8)));
+        assert_eq!(parse_budget("1.5GiB"), Ok(Budget::Bytes(1_610_612_736)));
+        assert_eq!(Budget::Share(0.8).bytes(1000), 800);
+        assert_eq!(Budget::Bytes(5000).bytes(1000), 1000);
+        for bad in ["0%", "120%", "x%", "lots", "10"] {
+            assert!(parse_budget(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(parse_size("2GiB"), Ok(2 * 1024 * 1024 * 1024));
+        assert_eq!(parse_size("33554432"), Ok(32 * 1024 * 1024));
+    }
+
+    #[test]
+    fn a_budget_above_the_quota_is_refused() {
+        let mut c = Config::parse_from([
+            "collector",
+            "--etcd-quota-bytes",
+            "32MiB",
+            "--storage-budget",
+            "64MiB",
+        ]);
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("STORAGE_BUDGET"), "{err}");
     }
 }

@@ -15,6 +15,7 @@ pub mod identity;
 pub mod inbox;
 pub mod lease;
 pub mod partition;
+pub mod storage;
 pub mod watcher;
 
 use std::sync::Arc;
@@ -99,6 +100,15 @@ pub async fn run(
         cfg,
     });
     tracker.spawn(housekeeping(shared.clone(), shutdown.clone()));
+    tracker.spawn(storage::run(shared.clone(), shutdown.clone()));
+    let _storage = telemetry::storage::track(
+        client.clone(),
+        shared.keys.clone(),
+        shared.cfg.storage.check_interval,
+        readiness.clone(),
+        telemetry::storage::BlockOn::Alarm,
+        shutdown.clone(),
+    );
 
     // One lease at a time; a lost lease stops every worker, then we start over with a new one.
     let mut backoff =

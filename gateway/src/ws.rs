@@ -41,7 +41,7 @@ impl Drop for Slot {
 #[utoipa::path(get, path = "/api/v1/ws/telemetry",
     params(("gpu" = Option<String>, Query, description = "GPU UUID or index"), ("hostname" = Option<String>, Query), ("metric" = Option<String>, Query),
         ("since_revision" = Option<i64>, Query, description = "replay from this etcd revision first")),
-    responses((status = 101, description = "switching to WebSocket"), (status = 400, description = "not a WebSocket request, or a bad parameter", body = crate::error::ErrorBody), (status = 404, description = "the stream is disabled", body = crate::error::ErrorBody), (status = 503, description = "too many clients", body = crate::error::ErrorBody)))]
+    responses((status = 101, description = "switching to WebSocket"), (status = 400, description = "not a WebSocket request, or a bad parameter", body = crate::error::ErrorBody), (status = 404, description = "the stream is disabled", body = crate::error::ErrorBody), (status = 410, description = "since_revision is older than the compacted history (REVISION_COMPACTED)", body = crate::error::ErrorBody), (status = 503, description = "too many clients", body = crate::error::ErrorBody)))]
 pub async fn ws_handler(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     State(s): State<AppState>,
@@ -64,6 +64,11 @@ pub async fn ws_handler(
             })
         })
         .transpose()?;
+    if let Some(since) = since {
+        if let Some(gone) = compacted_since(&s, since).await? {
+            return Ok(gone);
+        }
+    }
     let ws = ws.map_err(|e| {
         AppError::bad(
             "UPGRADE_REQUIRED",
@@ -91,6 +96,40 @@ pub async fn ws_handler(
         let _tracked = tracked;
         serve_client(socket, s, filter, since).await;
     }))
+}
+
+/// A resume from a revision that compaction has removed cannot be exact: samples expired
+/// since then left no trace. Say so (410 `REVISION_COMPACTED`) rather than replay with a gap.
+async fn compacted_since(s: &AppState, since: i64) -> Result<Option<Response>, AppError> {
+    let ctx = |e| telemetry::etcd::EtcdError::new("check since_revision", e);
+    let count = || etcd_client::GetOptions::new().with_count_only();
+    let mut kv = s.client.kv_client();
+    let now = kv
+        .get(s.keys.data_root(), Some(count()))
+        .await
+        .map_err(ctx)?;
+    // etcd answers OutOfRange both for a compacted and for a future revision: tell them
+    // apart by the current one. A future revision has nothing to replay yet.
+    if now.header().is_none_or(|h| since > h.revision()) {
+        return Ok(None);
+    }
+    match kv
+        .get(s.keys.data_root(), Some(count().with_revision(since)))
+        .await
+        .map_err(ctx)
+    {
+        Ok(_) => Ok(None),
+        Err(e) if e.is_compacted() => Ok(Some(status_error(
+            StatusCode::GONE,
+            "REVISION_COMPACTED",
+            format!(
+                "since_revision {since} is older than etcd's compacted history (STORAGE_HISTORY); \
+                 read what you missed with GET /api/v1/gpus/{{id}}/telemetry, then connect again \
+                 without since_revision"
+            ),
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn serve_client(socket: WebSocket, s: AppState, filter: Filter, since: Option<i64>) {

@@ -140,6 +140,15 @@ impl Keys {
         format!("{}/telemetry/identity/uuid/{uuid}", self.prefix)
     }
 
+    /// What the storage maintainer publishes (`storage::StorageStatus`).
+    pub fn storage_status(&self) -> String {
+        format!("{}/storage/status", self.prefix)
+    }
+    /// The election of the storage maintainer (etcd's election API keeps its candidates here).
+    pub fn storage_election(&self) -> String {
+        format!("{}/storage/maintainer", self.prefix)
+    }
+
     /// Every refused record.
     pub fn invalid_root(&self) -> String {
         format!("{}/telemetry/invalid/", self.prefix)

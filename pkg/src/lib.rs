@@ -20,6 +20,7 @@ pub mod queue;
 pub mod record;
 pub mod service;
 pub mod shutdown;
+pub mod storage;
 pub mod store;
 pub mod throttle;
 pub mod validate;

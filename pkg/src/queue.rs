@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 use telemetry_proto::{QueueMessage, TelemetryRecord};
@@ -105,12 +105,36 @@ impl Publisher {
             .iter()
             .map(|m| TxnOp::put(m.key.as_str(), m.value.clone(), None))
             .collect();
-        self.client
+        match self
+            .client
             .kv_client()
             .txn(Txn::new().and_then(ops))
             .await
-            .ctx("publish")?;
-        Ok(())
+            .ctx("publish")
+        {
+            Ok(_) => Ok(()),
+            // The Txn that crosses etcd's quota is applied, then answered with NOSPACE. Its
+            // messages are queued then (and stay: no commit is accepted either until space is
+            // freed), so counting them unpublished would be wrong.
+            Err(e) if crate::storage::is_no_space(&e) && self.landed(group).await => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the group's first and last messages both exist, put by one revision (one Txn).
+    async fn landed(&self, group: &[Encoded]) -> bool {
+        let (Some(first), Some(last)) = (group.first(), group.last()) else {
+            return false;
+        };
+        let mut revisions = Vec::with_capacity(2);
+        for key in [&first.key, &last.key] {
+            let opts = GetOptions::new().with_keys_only();
+            match self.client.kv_client().get(key.as_str(), Some(opts)).await {
+                Ok(r) => revisions.extend(r.kvs().first().map(|kv| kv.mod_revision())),
+                Err(_) => return false,
+            }
+        }
+        matches!(revisions[..], [a, b] if a == b)
     }
 
     /// Messages waiting in the queue, counted by etcd without sending them.
@@ -130,6 +154,29 @@ pub enum PartitionsError {
     Etcd(#[from] EtcdError),
 }
 
+/// The count stored at `key`, if any (a plain read, which etcd serves even when full).
+async fn stored_count(client: &Client, key: &str) -> Result<Option<u16>, EtcdError> {
+    let resp = client
+        .kv_client()
+        .get(key, None)
+        .await
+        .ctx("read the partition count")?;
+    let Some(kv) = resp.kvs().first() else {
+        return Ok(None);
+    };
+    std::str::from_utf8(kv.value())
+        .ok()
+        .and_then(|v| v.trim().parse::<u16>().ok())
+        .filter(|n| *n > 0)
+        .map(Some)
+        .ok_or_else(|| {
+            EtcdError::new(
+                "read the partition count",
+                etcd_client::Error::InvalidArgs(format!("{key} does not hold a count")),
+            )
+        })
+}
+
 /// Makes the partition count a property of the queue: the first process writes its count
 /// (a put-if-absent), and every process adopts the stored one. A process that was given a
 /// different count explicitly refuses, naming both: messages in partitions that the
@@ -140,32 +187,29 @@ pub async fn agree(
     args: &mut QueueArgs,
 ) -> Result<u16, PartitionsError> {
     let key = keys.queue_partitions();
-    let mine = args.partitions();
-    let txn = Txn::new()
-        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(key.as_str(), mine.to_string(), None)])
-        .or_else([TxnOp::get(key.as_str(), None)]);
-    let resp = client
-        .kv_client()
-        .txn(txn)
-        .await
-        .ctx("read the partition count")?;
-    let queue = if resp.succeeded() {
-        mine
-    } else {
-        let stored = resp.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
-            _ => None,
-        });
-        stored
-            .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u16>().ok())
-            .filter(|n| *n > 0)
-            .ok_or_else(|| {
-                EtcdError::new(
-                    "read the partition count",
-                    etcd_client::Error::InvalidArgs(format!("{key} does not hold a count")),
-                )
-            })?
+    let queue = loop {
+        if let Some(n) = stored_count(client, &key).await? {
+            break n;
+        }
+        let mine = args.partitions();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.as_str(), mine.to_string(), None)]);
+        match client
+            .kv_client()
+            .txn(txn)
+            .await
+            .ctx("write the partition count")
+        {
+            Ok(r) if r.succeeded() => break mine,
+            Ok(_) => {} // another process wrote it first: read it
+            // A new queue in a full etcd: wait for the storage maintainer to make room.
+            Err(e) if crate::storage::is_no_space(&e) => {
+                tracing::warn!("etcd is full (NOSPACE); waiting to create the queue");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     };
     match args.partitions {
         Some(given) if given != queue => Err(PartitionsError::Mismatch(BadSetting(format!(

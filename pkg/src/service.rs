@@ -217,7 +217,17 @@ pub async fn start_queue_process(
     let admin = AdminServer::start(crate::admin::bind(admin_listen, default_admin).await?);
     let health = CancellationToken::new();
     let client = connect_etcd(etcd, runtime, &admin.readiness, shutdown, health.clone()).await?;
-    crate::queue::agree(&client, &Keys::new(&etcd.prefix), queue).await?;
+    // A new queue in a full etcd waits for room; a signal meanwhile stops the start-up.
+    let keys = Keys::new(&etcd.prefix);
+    tokio::select! {
+        agreed = crate::queue::agree(&client, &keys, queue) => agreed?,
+        _ = shutdown.cancelled() => {
+            return Err(crate::etcd::EtcdError::new(
+                "create the queue",
+                etcd_client::Error::InvalidArgs("stopped while etcd was full".into()),
+            ).into())
+        }
+    };
     Ok(Started {
         admin,
         client,

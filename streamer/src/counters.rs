@@ -17,6 +17,8 @@ pub struct Counters {
     pub scrape_errors: AtomicU64,
     /// Records etcd refused to take whatever we did (never expected; see `pipeline`).
     pub unpublishable: AtomicU64,
+    /// Device samples not taken because etcd was full (device sources cannot wait).
+    pub skipped: AtomicU64,
     /// Bytes of file input consumed, for progress reports.
     pub bytes: AtomicU64,
 }
@@ -65,6 +67,11 @@ impl Counters {
         self.scrape_errors.fetch_add(1, Relaxed);
         metrics::counter!("scrape_errors").increment(1);
     }
+    /// Device samples dropped for `reason` (`storage_full`): counted, never read.
+    pub fn skipped(&self, n: u64, reason: &'static str) {
+        self.skipped.fetch_add(n, Relaxed);
+        metrics::counter!("samples_skipped", "reason" => reason).increment(n);
+    }
     pub fn publish_error(&self) {
         self.publish_errors.fetch_add(1, Relaxed);
         metrics::counter!("publish_errors").increment(1);
@@ -84,7 +91,7 @@ impl Counters {
     /// The contract's one-line summary.
     pub fn summary(&self) -> String {
         format!(
-            "read={} published={} invalid={} duplicates={} missing_readings={} csv_read_errors={} publish_errors={} scrape_errors={} unpublished={}",
+            "read={} published={} invalid={} duplicates={} missing_readings={} csv_read_errors={} publish_errors={} scrape_errors={} skipped={} unpublished={}",
             Self::get(&self.read),
             Self::get(&self.published),
             Self::get(&self.invalid),
@@ -93,6 +100,7 @@ impl Counters {
             Self::get(&self.csv_errors),
             Self::get(&self.publish_errors),
             Self::get(&self.scrape_errors),
+            Self::get(&self.skipped),
             self.unpublished(),
         )
     }

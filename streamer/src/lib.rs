@@ -140,16 +140,29 @@ pub async fn run(
     let client = started.client.clone();
     let keys = Keys::new(&cfg.etcd.prefix);
     let stop_helpers = CancellationToken::new();
-    let publisher = Arc::new(Publisher::new(client, keys, cfg.queue.clone()));
+    let publisher = Arc::new(Publisher::new(
+        client.clone(),
+        keys.clone(),
+        cfg.queue.clone(),
+    ));
     let (tx, rx) = mpsc::channel(cfg.buffer);
     let (group_tx, group_rx) = mpsc::channel(cfg.publishers);
     let (throttle_tx, throttle_rx) = watch::channel(1.0);
     let give_up = CancellationToken::new();
     let stop_inputs = shutdown.child_token();
 
+    let storage = telemetry::storage::track(
+        client.clone(),
+        keys.clone(),
+        cfg.throttle_check_interval,
+        started.admin.readiness.clone(),
+        telemetry::storage::BlockOn::Full,
+        stop_helpers.clone(),
+    );
     tokio::spawn(backpressure::run(
         cfg.clone(),
         publisher.clone(),
+        storage.pressure.clone(),
         throttle_tx,
         stop_helpers.clone(),
     ));
@@ -167,6 +180,7 @@ pub async fn run(
     for _ in 0..cfg.publishers {
         flow.spawn(publish::publish(
             publisher.clone(),
+            storage.room.clone(),
             counters.clone(),
             group_rx.clone(),
             give_up.clone(),
@@ -176,7 +190,7 @@ pub async fn run(
     // hand-over fails and the pipeline unwinds instead of waiting on a channel nobody reads.
     drop(group_rx);
 
-    let sink = Sink::new(tx, counters.clone());
+    let sink = Sink::new(tx, counters.clone(), storage.pressure.clone());
     let inputs = TaskTracker::new();
     if let Some(l) = listeners.ingest {
         tracing::info!(addr = ?l.local_addr().ok(), "serving POST /api/v1/ingest and gRPC Ingest");
@@ -228,9 +242,18 @@ pub async fn run(
         inputs.wait().await;
         flow.wait().await;
     };
-    if tokio::time::timeout(cfg.runtime.shutdown_grace, drained)
-        .await
-        .is_err()
+    tokio::pin!(drained);
+    // A finite input that ended waits for every record to be published, however long etcd
+    // takes to have room again; only a signal starts the grace period.
+    let done = !shutdown.is_cancelled()
+        && tokio::select! {
+            _ = &mut drained => true,
+            _ = shutdown.cancelled() => false,
+        };
+    if !done
+        && tokio::time::timeout(cfg.runtime.shutdown_grace, &mut drained)
+            .await
+            .is_err()
     {
         give_up.cancel();
         flow.wait().await;

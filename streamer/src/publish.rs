@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use telemetry::backoff::Backoff;
 use telemetry::queue::{plan, Encoded, Publisher};
+use telemetry::storage::Room;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +17,7 @@ use crate::counters::Counters;
 /// `give_up` fires (shutdown's grace ran out), so a record is never dropped silently.
 pub async fn publish(
     publisher: Arc<Publisher>,
+    room: Arc<Room>,
     counters: Arc<Counters>,
     groups: Arc<Mutex<mpsc::Receiver<Vec<Encoded>>>>,
     give_up: CancellationToken,
@@ -29,6 +31,15 @@ pub async fn publish(
         // one bad message never holds the others back.
         let mut pending: VecDeque<&[Encoded]> = plan(publisher.limits(), &msgs).into();
         while let Some(group) = pending.pop_front() {
+            // Wait for room in etcd first: a burst must not run into the quota.
+            let bytes = group.iter().map(|m| m.key.len() + m.value.len()).sum();
+            tokio::select! {
+                _ = room.take(bytes) => {}
+                _ = give_up.cancelled() => {
+                    tracing::error!("shutdown grace ran out while etcd had no room; unpublished records remain");
+                    return;
+                }
+            }
             match publish_group(&publisher, &counters, group, &give_up).await {
                 Published::Yes => {}
                 Published::GaveUp => return,

@@ -168,6 +168,11 @@ impl Source for DcgmSource {
                     }
                 };
                 let ts = now_nanos();
+                if sink.storage_full() {
+                    let samples = body.lines().filter(|l| l.starts_with("DCGM_")).count();
+                    sink.skip_if_full(samples);
+                    continue;
+                }
                 for (n, line) in body.lines().enumerate() {
                     let sample = match parse_line(line) {
                         Ok(Some(s)) => s,

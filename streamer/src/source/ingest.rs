@@ -156,11 +156,27 @@ fn json_error(status: StatusCode, message: String, report: Option<IngestReport>)
     (status, Json(body)).into_response()
 }
 
+/// 503 with `Retry-After` while etcd has no room: nothing is taken, so nothing is lost.
+fn storage_full() -> Response {
+    let body = serde_json::json!({
+        "success": false,
+        "error": "etcd is full; the pipeline holds its input until the storage maintainer frees space. Retry later.",
+        "code": "STORAGE_FULL",
+    });
+    let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    r
+}
+
 async fn http_ingest(
     State(sink): State<Sink>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if sink.storage_full() {
+        return storage_full();
+    }
     let body = match body {
         Ok(b) => b,
         Err(e) => return json_error(e.status(), e.body_text(), None),
@@ -237,6 +253,11 @@ impl Ingest for GrpcIngest {
         &self,
         request: tonic::Request<tonic::Streaming<TelemetryRecord>>,
     ) -> Result<tonic::Response<IngestSummary>, tonic::Status> {
+        if self.sink.storage_full() {
+            return Err(tonic::Status::unavailable(
+                "etcd is full; retry later (the storage maintainer is freeing space)",
+            ));
+        }
         let mut stream = request.into_inner();
         let mut report = IngestReport::default();
         let mut n = 0u64;

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use crate::dcgm_csv::RowError;
 use futures::future::BoxFuture;
 use telemetry::proto::TelemetryRecord;
-use tokio::sync::mpsc;
+use telemetry::storage::Pressure;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::counters::Counters;
@@ -41,11 +42,39 @@ pub trait Source: Send + 'static {
 pub struct Sink {
     tx: mpsc::Sender<TelemetryRecord>,
     pub counters: Arc<Counters>,
+    storage: watch::Receiver<Pressure>,
 }
 
 impl Sink {
-    pub fn new(tx: mpsc::Sender<TelemetryRecord>, counters: Arc<Counters>) -> Self {
-        Self { tx, counters }
+    pub fn new(
+        tx: mpsc::Sender<TelemetryRecord>,
+        counters: Arc<Counters>,
+        storage: watch::Receiver<Pressure>,
+    ) -> Self {
+        Self {
+            tx,
+            counters,
+            storage,
+        }
+    }
+
+    /// etcd has no room now: the pipeline holds what it has, so a source that cannot wait
+    /// (a device scrape) skips, and a push is told to come back later.
+    pub fn storage_full(&self) -> bool {
+        *self.storage.borrow() == Pressure::Full
+    }
+
+    /// Counts a device scrape's samples as skipped when storage is full; true if skipped.
+    pub fn skip_if_full(&self, samples: usize) -> bool {
+        if !self.storage_full() {
+            return false;
+        }
+        self.counters.skipped(samples as u64, "storage_full");
+        tracing::warn!(
+            samples,
+            "etcd is full: this scrape is skipped (samples_skipped{{reason=\"storage_full\"}})"
+        );
+        true
     }
 
     /// Hands a record on, waiting while the buffer is full. False once the pipeline is gone.

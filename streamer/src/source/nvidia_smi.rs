@@ -142,6 +142,9 @@ impl Source for NvidiaSmiSource {
                     sink.counters.read(1);
                     sink.counters.missing();
                 }
+                if sink.skip_if_full(records.len()) {
+                    continue;
+                }
                 for r in records {
                     if !sink.send(r).await {
                         return Ok(());

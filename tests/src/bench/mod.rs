@@ -9,6 +9,7 @@ pub mod memory;
 pub mod procs;
 pub mod query;
 pub mod scenarios;
+pub mod storage;
 
 use serde::Serialize;
 

@@ -14,6 +14,7 @@ mod openapi;
 mod pipeline;
 mod readme;
 mod readme_stop;
+mod storage;
 mod streamer_errors;
 mod streamer_ingest;
 mod streamer_inputs;

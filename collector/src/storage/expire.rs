@@ -1,0 +1,155 @@
+//! Expiring the oldest samples, to bring the store back under its budget.
+//!
+//! Samples are keyed by GPU, then time, so "the oldest first" is one `DeleteRange` per GPU
+//! below a cutoff time, and etcd counts what each one deleted: the count is exact. The
+//! cutoff is the oldest sample's time plus a share of the stored time span, the share of the
+//! space to free; a round that frees too little is followed by another one, a round later.
+
+use chrono::{DateTime, Utc};
+use etcd_client::{
+    Client, Compare, DeleteOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+};
+use telemetry::etcd::{Context, EtcdError};
+use telemetry::keys::{key_time_of, Keys};
+
+/// etcd's default limit of operations per Txn, less the fence.
+const OPS_PER_TXN: usize = 127;
+
+/// What one expiry did.
+#[derive(Debug, Default)]
+pub(super) struct Expired {
+    pub(super) samples: u64,
+    pub(super) from: Option<DateTime<Utc>>,
+    pub(super) before: Option<DateTime<Utc>>,
+}
+
+/// The key prefix of every GPU with stored samples (the registry's entries, not its aliases).
+async fn gpu_prefixes(client: &Client, keys: &Keys) -> Result<Vec<String>, EtcdError> {
+    let root = keys.gpus_root();
+    let resp = client
+        .kv_client()
+        .get(
+            root.as_str(),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .ctx("list GPUs")?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| kv.key_str().ok()?.strip_prefix(root.as_str()))
+        .filter(|rest| !rest.contains('@'))
+        .filter_map(|rest| rest.split_once('/'))
+        .map(|(host, gpu)| keys.data_gpu(host, gpu))
+        .collect())
+}
+
+/// The time of a data key (`…/{time}_{sha256}`).
+fn time_of(key: &[u8], prefix: &str) -> Option<DateTime<Utc>> {
+    let rest = std::str::from_utf8(key).ok()?.strip_prefix(prefix)?;
+    let (time, _) = rest.rsplit_once('_')?;
+    DateTime::parse_from_rfc3339(time)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The oldest and newest sample times over every GPU.
+async fn span(
+    client: &Client,
+    gpus: &[String],
+) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, EtcdError> {
+    let mut span: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
+    for batch in gpus.chunks(OPS_PER_TXN / 2) {
+        let ops: Vec<TxnOp> = batch
+            .iter()
+            .flat_map(|p| {
+                [SortOrder::Ascend, SortOrder::Descend].map(|order| {
+                    let opts = GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only()
+                        .with_limit(1)
+                        .with_sort(SortTarget::Key, order);
+                    TxnOp::get(p.as_str(), Some(opts))
+                })
+            })
+            .collect();
+        let resp = client
+            .kv_client()
+            .txn(Txn::new().and_then(ops))
+            .await
+            .ctx("read sample span")?;
+        let firsts = resp
+            .op_responses()
+            .into_iter()
+            .zip(batch.iter().flat_map(|p| [p, p]));
+        for (r, prefix) in firsts {
+            let TxnOpResponse::Get(g) = r else { continue };
+            let Some(t) = g.kvs().first().and_then(|kv| time_of(kv.key(), prefix)) else {
+                continue;
+            };
+            span = Some(match span {
+                None => (t, t),
+                Some((lo, hi)) => (lo.min(t), hi.max(t)),
+            });
+        }
+    }
+    Ok(span)
+}
+
+/// Deletes, on every GPU, the samples older than the oldest plus `share` of the span
+/// (at least one second of it), under `fence`. `None` when the fence no longer holds.
+pub(super) async fn oldest(
+    client: &Client,
+    keys: &Keys,
+    fence: &[Compare],
+    share: f64,
+) -> Result<Option<Expired>, EtcdError> {
+    let gpus = gpu_prefixes(client, keys).await?;
+    let Some((lo, hi)) = span(client, &gpus).await? else {
+        return Ok(Some(Expired::default()));
+    };
+    let width = ((hi - lo).num_nanoseconds().unwrap_or(i64::MAX) as f64 * share) as i64;
+    let cutoff = lo + chrono::Duration::nanoseconds(width.max(1_000_000_000));
+    let bound = key_time_of(cutoff);
+    let mut expired = Expired {
+        samples: 0,
+        from: Some(lo),
+        before: Some(cutoff),
+    };
+    for batch in gpus.chunks(OPS_PER_TXN) {
+        let ops: Vec<TxnOp> = batch
+            .iter()
+            .map(|p| {
+                let end = format!("{p}{bound}");
+                TxnOp::delete(p.as_str(), Some(DeleteOptions::new().with_range(end)))
+            })
+            .collect();
+        let txn = Txn::new().when(fence.to_vec()).and_then(ops);
+        let resp = client.kv_client().txn(txn).await.ctx("expire samples")?;
+        if !resp.succeeded() {
+            return Ok(None);
+        }
+        for r in resp.op_responses() {
+            if let TxnOpResponse::Delete(d) = r {
+                expired.samples += d.deleted().max(0) as u64;
+            }
+        }
+    }
+    Ok(Some(expired))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn reads_the_time_of_a_data_key() {
+        let keys = Keys::new("/p");
+        let prefix = keys.data_gpu("host-1", "3");
+        let t = Utc.timestamp_opt(1_752_871_354, 5).unwrap();
+        let key = keys.data("host-1", "3", t.timestamp_nanos_opt().unwrap(), "ab12");
+        assert_eq!(time_of(key.as_bytes(), &prefix), Some(t));
+        assert_eq!(time_of(b"/p/other", &prefix), None);
+    }
+}

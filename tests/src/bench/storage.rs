@@ -1,0 +1,150 @@
+//! `make bench-storage`: the storage lifecycle under load.
+//!
+//! 1. A soak: etcd with a 256 MiB quota, one collector (the maintainer) and a looping streamer
+//!    over a generated fleet (realistic metrics, ranges, precision and random walks; every
+//!    pass stamped anew), until the collectors have processed the target number of samples.
+//!    Sampled every 250 ms: each member's `dbSize` against the quota, and the NOSPACE alarm.
+//! 2. Ingest with the maintainer on against off, in the same run, on an etcd whose real quota
+//!    is large (8 GiB) so that "off" survives: "on" is told the quota is 256 MiB, so that it
+//!    compacts, expires and defragments all along, as in the soak.
+
+use std::path::Path;
+use std::time::Duration;
+
+use etcd_client::{AlarmAction, AlarmType};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::procs::{counter_sum, free_port, Proc};
+use super::scenarios::base_env;
+use crate::EtcdCluster;
+
+const QUOTA: u64 = 256 * 1024 * 1024;
+
+/// What the soak measured.
+#[derive(Debug, Default, Serialize)]
+pub struct Soak {
+    pub samples_target: u64,
+    pub samples_processed: u64,
+    pub seconds: f64,
+    pub samples_per_s: f64,
+    pub quota_bytes: u64,
+    pub peak_db_size_bytes: i64,
+    pub peak_in_use_bytes: i64,
+    pub alarm_seen_in_samples: u64,
+    pub alarm_raised_at_end: bool,
+    pub samples_expired_budget: u64,
+    pub compactions: u64,
+    pub defrags: u64,
+    pub stored_at_end: i64,
+}
+
+fn collector(endpoints: &[String], prefix: &str, env: &[(&str, String)]) -> (Proc, u16) {
+    let port = free_port();
+    let mut all = base_env(endpoints, prefix);
+    all.push(("ADMIN_LISTEN", format!("127.0.0.1:{port}")));
+    all.extend(env.iter().cloned());
+    (Proc::spawn("collector", &[], &all), port)
+}
+
+async fn processed(port: u16) -> u64 {
+    (counter_sum(&[port], "messages_processed").await
+        + counter_sum(&[port], "messages_duplicated").await) as u64
+}
+
+/// Runs the soak until `samples` are processed.
+pub async fn soak(csv: &Path, samples: u64) -> Soak {
+    let quota = QUOTA.to_string();
+    let etcd = EtcdCluster::start(1, &["--quota-backend-bytes", &quota]).await;
+    let eps = etcd.all_endpoints();
+    let client = etcd.client().await;
+    let (coll, port) = collector(&eps, "/soak", &[("ETCD_QUOTA_BYTES", quota.clone())]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut env = base_env(&eps, "/soak");
+    env.push(("ADMIN_LISTEN", String::new()));
+    let streamer = Proc::spawn(
+        "streamer",
+        &["--csv", csv.to_str().unwrap(), "--loop"],
+        &env,
+    );
+    let started = Instant::now();
+    let mut s = Soak {
+        samples_target: samples,
+        quota_bytes: QUOTA,
+        ..Default::default()
+    };
+    let mut last_report = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let mut c = client.clone();
+        if let Ok(st) = c.status().await {
+            s.peak_db_size_bytes = s.peak_db_size_bytes.max(st.db_size());
+            s.peak_in_use_bytes = s.peak_in_use_bytes.max(st.raft_used_db_size());
+        }
+        if let Ok(a) = c.alarm(AlarmAction::Get, AlarmType::None, None).await {
+            if a.alarms().iter().any(|a| a.alarm() == AlarmType::Nospace) {
+                s.alarm_seen_in_samples += 1;
+            }
+        }
+        s.samples_processed = processed(port).await;
+        if last_report.elapsed() >= Duration::from_secs(30) {
+            last_report = Instant::now();
+            eprintln!(
+                "      {} of {samples} samples, peak dbSize {:.1} MiB of {} MiB",
+                s.samples_processed,
+                s.peak_db_size_bytes as f64 / 1048576.0,
+                QUOTA / 1048576
+            );
+        }
+        if s.samples_processed >= samples {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3600),
+            "the soak did not finish"
+        );
+    }
+    s.seconds = started.elapsed().as_secs_f64();
+    s.samples_per_s = s.samples_processed as f64 / s.seconds;
+    streamer.stop();
+    s.samples_expired_budget = counter_sum(&[port], "samples_expired").await as u64;
+    s.compactions = counter_sum(&[port], "compactions").await as u64;
+    s.defrags = counter_sum(&[port], "defrags").await as u64;
+    s.stored_at_end = crate::services::count(&client, "/soak/telemetry/data/").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let alarms = client
+        .clone()
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await;
+    s.alarm_raised_at_end = alarms.is_ok_and(|a| !a.alarms().is_empty());
+    coll.stop();
+    s
+}
+
+/// Ingest of `csv` (`records` samples) with one collector, the maintainer on or off.
+pub async fn ingest_with_maintainer(csv: &Path, records: u64, on: bool) -> f64 {
+    let etcd = EtcdCluster::start(1, &["--quota-backend-bytes", "8589934592"]).await;
+    let eps = etcd.all_endpoints();
+    let env = [
+        ("STORAGE_MAINTAINER", on.to_string()),
+        ("ETCD_QUOTA_BYTES", QUOTA.to_string()),
+        ("STORAGE_HISTORY", "30s".to_string()),
+    ];
+    let (coll, port) = collector(&eps, "/onoff", &env);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut senv = base_env(&eps, "/onoff");
+    senv.push(("ADMIN_LISTEN", String::new()));
+    let started = Instant::now();
+    let streamer = Proc::spawn("streamer", &["--csv", csv.to_str().unwrap()], &senv);
+    while processed(port).await < records {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "ingest did not finish"
+        );
+    }
+    let rate = records as f64 / started.elapsed().as_secs_f64();
+    streamer.stop();
+    coll.stop();
+    rate
+}
