@@ -40,13 +40,13 @@ setsid "$etcd_bin" --name demo --data-dir "$demo/etcd" \
   --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
   --listen-peer-urls "http://127.0.0.1:$((etcd_port + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((etcd_port + 1))" \
   --initial-cluster "demo=http://127.0.0.1:$((etcd_port + 1))" \
-  --auto-compaction-mode periodic --auto-compaction-retention 5m --quota-backend-bytes 4294967296 \
+  --quota-backend-bytes 4294967296 \
   --log-level warn >"$demo/logs/etcd.log" 2>&1 &
 pids+=($!)
 export ETCD_ENDPOINTS="127.0.0.1:$etcd_port"
 for _ in $(seq 100); do port_free "$etcd_port" || break; sleep 0.1; done
 
-TELEMETRY_RETENTION=${TELEMETRY_RETENTION:-2h} DEDUPE_WINDOW=${DEDUPE_WINDOW:-1h} ADMIN_LISTEN=127.0.0.1:9102 \
+TELEMETRY_RETENTION=${TELEMETRY_RETENTION:-2h} DEDUPE_WINDOW=${DEDUPE_WINDOW:-1h} ADMIN_LISTEN=127.0.0.1:9102 ETCD_QUOTA_BYTES=4GiB \
   setsid bin/collector >"$demo/logs/collector.log" 2>&1 &
 pids+=($!)
 GATEWAY_PORT=$gw_port setsid bin/gateway >"$demo/logs/gateway.log" 2>&1 &
@@ -64,7 +64,7 @@ Try, from another terminal:
   curl -s 'localhost:$gw_port/api/v1/gpus/0/telemetry?hostname=gpu-node-001&limit=5'
   wscat -c ws://localhost:$gw_port/api/v1/ws/telemetry?metric=DCGM_FI_DEV_GPU_TEMP
   curl -s localhost:$gw_port/metrics | grep http_requests
-  curl -s localhost:9102/metrics | grep messages_processed
+  curl -s localhost:9102/metrics | grep -E 'messages_processed|etcd_db_size|storage_'
   open http://localhost:$gw_port/docs
 Ctrl-C stops everything.
 TXT

@@ -30,7 +30,8 @@ use crate::claim::{fence_compare, Fence};
 use crate::dedupe::ProcessedSet;
 
 mod write_set;
-use write_set::{data_key, refused, stored_bytes, unique_by_key, Refused};
+use telemetry::store::write::{data_key, stored_bytes};
+use write_set::{refused, unique_by_key, Refused};
 
 /// A queued message as read by its owner.
 #[derive(Debug, Clone)]

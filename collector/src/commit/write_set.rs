@@ -1,22 +1,10 @@
-//! What a commit writes, record by record: data keys (the content hash is the last part),
-//! the stored value, the invalid area's entries, and the one-of-each rule within a batch.
+//! What a commit writes beyond the samples (`telemetry::store::write`): the invalid area's
+//! entries, and the one-of-each rule within a batch.
 
 use std::collections::{HashMap, HashSet};
 
-use prost::Message as _;
 use telemetry::keys::Keys;
 use telemetry::proto::TelemetryRecord;
-
-/// `/telemetry/data/{host}/{gpu}/{time}_{sha256}`: every part is content, so equal content
-/// means an equal key.
-pub(super) fn data_key(k: &Keys, r: &TelemetryRecord) -> String {
-    k.data(
-        &r.hostname,
-        &r.gpu_id,
-        r.timestamp_unix_nano,
-        &r.idempotency_key,
-    )
-}
 
 /// A refused record, its reason, and the key of its entry in the invalid area.
 pub(super) struct Refused<'a> {
@@ -50,14 +38,6 @@ pub(super) fn refused<'a>(
             }
         })
         .collect()
-}
-
-/// A record as stored: without its idempotency key, which is derived from the content (and is
-/// the dedupe marker's key), so storing it would only cost bytes on every write.
-pub(super) fn stored_bytes(r: &TelemetryRecord) -> Vec<u8> {
-    let mut r = r.clone();
-    r.idempotency_key.clear();
-    r.encode_to_vec()
 }
 
 /// Drops records whose idempotency key repeats within the batch: they would share a data key,

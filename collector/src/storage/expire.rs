@@ -6,11 +6,10 @@
 //! space to free; a round that frees too little is followed by another one, a round later.
 
 use chrono::{DateTime, Utc};
-use etcd_client::{
-    Client, Compare, DeleteOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
-};
+use etcd_client::{Client, Compare, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse};
 use telemetry::etcd::{Context, EtcdError};
-use telemetry::keys::{key_time_of, Keys};
+use telemetry::keys::Keys;
+use telemetry::store::{time_of, write::expire_before};
 
 /// etcd's default limit of operations per Txn, less the fence.
 const OPS_PER_TXN: usize = 127;
@@ -42,15 +41,6 @@ async fn gpu_prefixes(client: &Client, keys: &Keys) -> Result<Vec<String>, EtcdE
         .filter_map(|rest| rest.split_once('/'))
         .map(|(host, gpu)| keys.data_gpu(host, gpu))
         .collect())
-}
-
-/// The time of a data key (`…/{time}_{sha256}`).
-fn time_of(key: &[u8], prefix: &str) -> Option<DateTime<Utc>> {
-    let rest = std::str::from_utf8(key).ok()?.strip_prefix(prefix)?;
-    let (time, _) = rest.rsplit_once('_')?;
-    DateTime::parse_from_rfc3339(time)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
 
 /// The oldest and newest sample times over every GPU.
@@ -110,20 +100,13 @@ pub(super) async fn oldest(
     };
     let width = ((hi - lo).num_nanoseconds().unwrap_or(i64::MAX) as f64 * share) as i64;
     let cutoff = lo + chrono::Duration::nanoseconds(width.max(1_000_000_000));
-    let bound = key_time_of(cutoff);
     let mut expired = Expired {
         samples: 0,
         from: Some(lo),
         before: Some(cutoff),
     };
     for batch in gpus.chunks(OPS_PER_TXN) {
-        let ops: Vec<TxnOp> = batch
-            .iter()
-            .map(|p| {
-                let end = format!("{p}{bound}");
-                TxnOp::delete(p.as_str(), Some(DeleteOptions::new().with_range(end)))
-            })
-            .collect();
+        let ops: Vec<TxnOp> = batch.iter().map(|p| expire_before(p, cutoff)).collect();
         let txn = Txn::new().when(fence.to_vec()).and_then(ops);
         let resp = client.kv_client().txn(txn).await.ctx("expire samples")?;
         if !resp.succeeded() {
@@ -136,20 +119,4 @@ pub(super) async fn oldest(
         }
     }
     Ok(Some(expired))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    #[test]
-    fn reads_the_time_of_a_data_key() {
-        let keys = Keys::new("/p");
-        let prefix = keys.data_gpu("host-1", "3");
-        let t = Utc.timestamp_opt(1_752_871_354, 5).unwrap();
-        let key = keys.data("host-1", "3", t.timestamp_nanos_opt().unwrap(), "ab12");
-        assert_eq!(time_of(key.as_bytes(), &prefix), Some(t));
-        assert_eq!(time_of(b"/p/other", &prefix), None);
-    }
 }

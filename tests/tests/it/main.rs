@@ -15,6 +15,7 @@ mod pipeline;
 mod readme;
 mod readme_stop;
 mod storage;
+mod storage_full;
 mod streamer_errors;
 mod streamer_ingest;
 mod streamer_inputs;

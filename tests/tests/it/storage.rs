@@ -1,6 +1,6 @@
 //! The storage lifecycle against real etcd with a small quota: one maintainer and a takeover,
-//! a burst far past the budget, NOSPACE raised from outside, a streamer stopped while etcd is
-//! full, and a WebSocket resume older than the compacted history.
+//! a burst far past the budget, NOSPACE raised from outside, and a WebSocket resume older than
+//! the compacted history. What writers do while etcd is full is in `storage_full`.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -15,12 +15,12 @@ use crate::readme::{becomes_ready, cmd, get};
 
 const QUOTA: &str = "33554432"; // 32 MiB
 
-async fn small_etcd() -> EtcdCluster {
+pub(crate) async fn small_etcd() -> EtcdCluster {
     EtcdCluster::start(1, &["--quota-backend-bytes", QUOTA]).await
 }
 
 /// A collector process as a user starts it, with a short lease and its own admin port.
-fn collector(etcd: &EtcdCluster, prefix: &str, id: &str) -> (Proc, String) {
+pub(crate) fn collector(etcd: &EtcdCluster, prefix: &str, id: &str) -> (Proc, String) {
     let admin = format!("127.0.0.1:{}", free_port());
     let p = Proc::spawn(
         id,
@@ -34,7 +34,7 @@ fn collector(etcd: &EtcdCluster, prefix: &str, id: &str) -> (Proc, String) {
 }
 
 /// A metric's value in a process's `/metrics` (the first line that starts with `series`).
-async fn metric(admin: &str, series: &str) -> Option<f64> {
+pub(crate) async fn metric(admin: &str, series: &str) -> Option<f64> {
     let body = reqwest::get(format!("http://{admin}/metrics"))
         .await
         .ok()?
@@ -46,7 +46,7 @@ async fn metric(admin: &str, series: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-async fn alarm_raised(client: &Client) -> bool {
+pub(crate) async fn alarm_raised(client: &Client) -> bool {
     let r = client
         .clone()
         .alarm(AlarmAction::Get, AlarmType::None, None)
@@ -57,7 +57,7 @@ async fn alarm_raised(client: &Client) -> bool {
 
 /// Another writer, outside the pipeline, overwrites one key with 512 KiB values until etcd
 /// raises its NOSPACE alarm: history fills the quota.
-async fn fill_from_outside(client: &Client) {
+pub(crate) async fn fill_from_outside(client: &Client) {
     let blob = vec![b'x'; 512 * 1024];
     let mut c = client.clone();
     for _ in 0..10_000 {
@@ -72,7 +72,7 @@ async fn fill_from_outside(client: &Client) {
 }
 
 /// Reads a streamer's one-line summary (`read=… published=… …`) into (name, value) pairs.
-fn summary(stdout: &str) -> std::collections::HashMap<String, u64> {
+pub(crate) fn summary(stdout: &str) -> std::collections::HashMap<String, u64> {
     let line = stdout
         .lines()
         .rev()
@@ -273,60 +273,8 @@ async fn nospace_raised_from_outside_heals_without_an_operator_and_loses_nothing
     assert!(becomes_ready(&admin, 30).await, "{}", coll.stderr());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_streamer_stopped_while_etcd_is_full_exits_non_zero_and_counts_what_it_kept() {
-    let etcd = small_etcd().await;
-    let client = etcd.client().await;
-    let prefix = unique_prefix("storage-stopped");
-    // The queue exists (its partition count is written by the first process to start).
-    client
-        .kv_client()
-        .put(format!("{prefix}/queue/meta/partitions"), "16", None)
-        .await
-        .unwrap();
-    fill_from_outside(&client).await;
-    let admin = format!("127.0.0.1:{}", free_port());
-    let mut streamer = Proc::spawn(
-        "streamer",
-        cmd("streamer", &etcd.endpoints(), &prefix)
-            .arg("--csv")
-            .arg(sample_csv())
-            .env("ADMIN_LISTEN", &admin)
-            .env("SHUTDOWN_GRACE", "2s"),
-    );
-    // It says why it waits.
-    assert!(
-        wait_until(Duration::from_secs(20), || async {
-            matches!(get(&format!("http://{admin}/ready")).await, Some((503, b)) if b["checks"]["storage"].is_string())
-        })
-        .await,
-        "{}",
-        streamer.stderr()
-    );
-    streamer.signal(libc::SIGTERM);
-    let exit = streamer
-        .wait_exit(Duration::from_secs(30))
-        .await
-        .expect("exits");
-    assert_eq!(exit.code(), Some(1), "{}", streamer.stderr());
-    let sum = summary(&streamer.stdout());
-    let queued: u64 = queued_records(&client, &prefix).await;
-    println!("summary={sum:?} queued={queued}");
-    assert_eq!(
-        sum["published"], queued,
-        "published counts what is in the queue"
-    );
-    assert_eq!(
-        sum["unpublished"],
-        sum["read"] - queued - sum["invalid"] - sum["missing_readings"] - sum["duplicates"],
-        "{}",
-        streamer.stdout()
-    );
-    assert!(sum["unpublished"] > 0);
-}
-
 /// Records in every queued message.
-async fn queued_records(client: &Client, prefix: &str) -> u64 {
+pub(crate) async fn queued_records(client: &Client, prefix: &str) -> u64 {
     use prost::Message as _;
     let resp = client
         .kv_client()

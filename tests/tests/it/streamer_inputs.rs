@@ -73,7 +73,7 @@ impl Streamer {
 }
 
 /// Serves a fixed dcgm-exporter scrape.
-async fn fake_exporter(body: &'static str) -> String {
+pub(crate) async fn fake_exporter(body: &'static str) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/metrics", listener.local_addr().unwrap());
     let app =

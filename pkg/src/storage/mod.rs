@@ -16,16 +16,15 @@
 //! - the budget itself, a database file at [`FILE_LIMIT`] of the quota, or any NOSPACE alarm:
 //!   streamers pause and device sources skip their scrapes ([`Pressure::Full`]).
 
-use std::time::Duration;
+mod track;
 
 use etcd_client::{AlarmAction, AlarmType, Client};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-use crate::admin::Readiness;
 use crate::etcd::{Context, EtcdError};
 use crate::keys::Keys;
+
+pub use track::{track, BlockOn, Room, Tracked};
 
 /// etcd's own default quota (`--quota-backend-bytes`), and `ETCD_QUOTA_BYTES`'s default.
 pub const DEFAULT_QUOTA_BYTES: i64 = 2 * 1024 * 1024 * 1024;
@@ -137,151 +136,6 @@ pub async fn published(client: &Client, keys: &Keys) -> Result<Option<StorageSta
         .kvs()
         .first()
         .and_then(|kv| serde_json::from_slice(kv.value()).ok()))
-}
-
-/// When the readiness of a process depends on storage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlockOn {
-    /// It cannot work at [`Pressure::Full`] (a streamer: it holds its input).
-    Full,
-    /// It cannot work only while etcd refuses writes (a collector: it commits until then).
-    Alarm,
-}
-
-/// Room left for writes before the streamers must slow down: an allowance of bytes, reset
-/// from every reading of etcd and spent by each write before it is sent. A burst faster than
-/// the readings therefore stops at the allowance instead of running into the quota.
-#[derive(Debug, Default)]
-pub struct Room {
-    allowance: std::sync::atomic::AtomicI64,
-    read: tokio::sync::Notify,
-    want_reading: tokio::sync::Notify,
-}
-
-/// etcd's database grows by about this many bytes per byte of queued message: the message
-/// itself, its tombstone when it is committed, and the stored records the commit writes.
-pub const GROWTH_PER_QUEUED_BYTE: i64 = 3;
-/// What a message still in the queue will add once committed: a full message of records at
-/// about 600 bytes each as stored (docs/storage.md measures it). Readings subtract it for
-/// every queued message, so a deep queue leaves no room for more.
-pub const QUEUED_MESSAGE_COST: i64 = 126 * 600;
-
-impl Room {
-    /// Waits until `bytes` of queued messages fit in the room left, and spends them. While
-    /// they do not, each wait asks for a fresh reading of etcd.
-    pub async fn take(&self, bytes: usize) {
-        use std::sync::atomic::Ordering::AcqRel;
-        let cost = bytes as i64 * GROWTH_PER_QUEUED_BYTE;
-        loop {
-            let read = self.read.notified();
-            let left = self.allowance.fetch_sub(cost, AcqRel);
-            if left >= cost {
-                return;
-            }
-            self.allowance.fetch_add(cost, AcqRel);
-            self.want_reading.notify_one();
-            read.await;
-        }
-    }
-
-    fn reset(&self, allowance: i64) {
-        self.allowance
-            .store(allowance, std::sync::atomic::Ordering::Release);
-        self.read.notify_waiters();
-    }
-}
-
-/// What [`track`] keeps current.
-#[derive(Debug, Clone)]
-pub struct Tracked {
-    /// The pressure now.
-    pub pressure: watch::Receiver<Pressure>,
-    /// The room left for queued messages.
-    pub room: std::sync::Arc<Room>,
-}
-
-/// Keeps a [`Pressure`] and a [`Room`] current every `interval` (sooner when a writer runs
-/// out of room) until `stop`, and the "storage" condition of `readiness` with them. Until the
-/// maintainer has published a budget, the default budget of the quota the member reports (or
-/// etcd's default quota) is assumed.
-pub fn track(
-    client: Client,
-    keys: Keys,
-    interval: Duration,
-    readiness: Readiness,
-    block_on: BlockOn,
-    stop: CancellationToken,
-) -> Tracked {
-    let (tx, rx) = watch::channel(Pressure::Ok);
-    let room = std::sync::Arc::new(Room::default());
-    room.reset(i64::MAX / 4);
-    let tracked = Tracked {
-        pressure: rx,
-        room: room.clone(),
-    };
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-                _ = room.want_reading.notified() => {
-                    // At most twenty readings a second however many writers wait.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-            let Ok(r) = read(&client).await else { continue };
-            let status = published(&client, &keys).await.ok().flatten();
-            let (budget, quota) = match status {
-                Some(s) if s.budget_bytes > 0 => (s.budget_bytes, s.quota_bytes),
-                _ => {
-                    let quota = if r.reported_quota > 0 {
-                        r.reported_quota
-                    } else {
-                        DEFAULT_QUOTA_BYTES
-                    };
-                    ((quota as f64 * DEFAULT_BUDGET_FRACTION) as i64, quota)
-                }
-            };
-            let p = Pressure::of(&r, budget, quota);
-            let queued = crate::queue::queue_depth(&client, &keys).await.unwrap_or(0);
-            let allowance = if p == Pressure::Full {
-                0
-            } else {
-                (SLOW_AT * budget as f64) as i64 - r.in_use - queued * QUEUED_MESSAGE_COST
-            };
-            room.reset(allowance.max(0));
-            let blocked = match block_on {
-                BlockOn::Full => p == Pressure::Full,
-                BlockOn::Alarm => r.alarm,
-            };
-            if blocked {
-                readiness.block("storage", describe(&r, budget, quota));
-            } else {
-                readiness.clear("storage");
-            }
-            tx.send_if_modified(|old| std::mem::replace(old, p) != p);
-        }
-    });
-    tracked
-}
-
-/// A reason a person can act on.
-fn describe(r: &Reading, budget: i64, quota: i64) -> String {
-    let mib = |b: i64| b as f64 / (1024.0 * 1024.0);
-    let alarm = if r.alarm {
-        "etcd raised its NOSPACE alarm and refuses writes; the storage maintainer is recovering. "
-    } else {
-        ""
-    };
-    format!(
-        "{alarm}storage full: {:.1} MiB in use of a {:.1} MiB budget, database file {:.1} MiB of a {:.1} MiB quota",
-        mib(r.in_use),
-        mib(budget),
-        mib(r.db_size),
-        mib(quota)
-    )
 }
 
 /// True when etcd refused a write because its quota is reached (gRPC `ResourceExhausted`,

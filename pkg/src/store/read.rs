@@ -1,9 +1,6 @@
-//! The store's read API: stored telemetry is read by key range, one GPU at a time. Data keys
-//! hold fixed-width timestamps, so byte order is time order (see `keys`). The write side (the
-//! fenced commit) is the collector's: it is the only writer.
+//! The store's read API: stored telemetry is read by key range, one GPU at a time.
 
 use etcd_client::{Client, GetOptions};
-use prost::Message as _;
 use telemetry_proto::TelemetryRecord;
 
 use crate::etcd::{Context, EtcdError};
@@ -36,7 +33,7 @@ pub async fn scan(
         .kvs()
         .iter()
         .filter_map(|kv| {
-            let rec = TelemetryRecord::decode(kv.value()).ok()?;
+            let rec = super::decode(kv.value())?;
             Some((kv.key_str().ok()?.to_string(), rec))
         })
         .collect();
