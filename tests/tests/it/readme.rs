@@ -48,6 +48,21 @@ async fn assert_all_not_ready(addrs: &[String], when: &str) {
     }
 }
 
+/// A gateway process on a free port, waited on until ready; its port.
+pub(crate) async fn ready_gateway(endpoints: &[String], prefix: &str) -> (Proc, u16) {
+    let port = free_port();
+    let gateway = Proc::spawn(
+        "gateway",
+        cmd("gateway", endpoints, prefix).env("GATEWAY_PORT", port.to_string()),
+    );
+    assert!(
+        becomes_ready(&format!("127.0.0.1:{port}"), 30).await,
+        "{}",
+        gateway.stderr()
+    );
+    (gateway, port)
+}
+
 /// Polls `http://{addr}/ready` until it answers 200, at most `secs` seconds.
 pub(crate) async fn becomes_ready(addr: &str, secs: u64) -> bool {
     wait_until(Duration::from_secs(secs), || async {

@@ -11,22 +11,13 @@ use pipeline_tests::{sample_csv, EtcdCluster};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::readme::{becomes_ready, cmd};
+use crate::readme::cmd;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_shutdown_closes_websockets_with_1001() {
     let etcd = EtcdCluster::single().await;
     let prefix = unique_prefix("readme-ws-close");
-    let port = free_port();
-    let mut gateway = Proc::spawn(
-        "gateway",
-        cmd("gateway", &etcd.endpoints(), &prefix).env("GATEWAY_PORT", port.to_string()),
-    );
-    assert!(
-        becomes_ready(&format!("127.0.0.1:{port}"), 30).await,
-        "{}",
-        gateway.stderr()
-    );
+    let (mut gateway, port) = crate::readme::ready_gateway(&etcd.endpoints(), &prefix).await;
     let (mut ws, _) =
         tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/api/v1/ws/telemetry"))
             .await

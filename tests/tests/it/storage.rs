@@ -300,16 +300,7 @@ async fn a_websocket_resume_older_than_the_compacted_history_gets_410() {
     let etcd = EtcdCluster::single().await;
     let client = etcd.client().await;
     let prefix = unique_prefix("storage-ws-resume");
-    let port = free_port();
-    let gateway = Proc::spawn(
-        "gateway",
-        cmd("gateway", &etcd.endpoints(), &prefix).env("GATEWAY_PORT", port.to_string()),
-    );
-    assert!(
-        becomes_ready(&format!("127.0.0.1:{port}"), 30).await,
-        "{}",
-        gateway.stderr()
-    );
+    let (_gateway, port) = crate::readme::ready_gateway(&etcd.endpoints(), &prefix).await;
     let mut c = client.clone();
     for i in 0..5 {
         c.put(format!("{prefix}/x/{i}"), "v", None).await.unwrap();

@@ -4,25 +4,40 @@
 
 use std::time::Duration;
 
+use etcd_client::Client;
 use pipeline_tests::process::{free_port, Proc};
-use pipeline_tests::sample_csv;
 use pipeline_tests::services::{unique_prefix, wait_until};
+use pipeline_tests::{sample_csv, EtcdCluster};
 
 use crate::readme::{cmd, get};
 use crate::storage::{fill_from_outside, metric, queued_records, small_etcd, summary};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_streamer_stopped_while_etcd_is_full_exits_non_zero_and_counts_what_it_kept() {
+/// A small etcd whose queue exists (the first process to start writes its partition count),
+/// filled by another writer until NOSPACE.
+async fn full_etcd(name: &str) -> (EtcdCluster, Client, String) {
     let etcd = small_etcd().await;
     let client = etcd.client().await;
-    let prefix = unique_prefix("storage-stopped");
-    // The queue exists (its partition count is written by the first process to start).
+    let prefix = unique_prefix(name);
     client
         .kv_client()
         .put(format!("{prefix}/queue/meta/partitions"), "16", None)
         .await
         .unwrap();
     fill_from_outside(&client).await;
+    (etcd, client, prefix)
+}
+
+/// Whether the process at `admin` answers `/ready` with 503 and a `storage` check (within 20 s).
+async fn says_storage_full(admin: &str) -> bool {
+    wait_until(Duration::from_secs(20), || async {
+        matches!(get(&format!("http://{admin}/ready")).await, Some((503, b)) if b["checks"]["storage"].is_string())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamer_stopped_while_etcd_is_full_exits_non_zero_and_counts_what_it_kept() {
+    let (etcd, client, prefix) = full_etcd("storage-stopped").await;
     let admin = format!("127.0.0.1:{}", free_port());
     let mut streamer = Proc::spawn(
         "streamer",
@@ -33,14 +48,7 @@ async fn a_streamer_stopped_while_etcd_is_full_exits_non_zero_and_counts_what_it
             .env("SHUTDOWN_GRACE", "2s"),
     );
     // It says why it waits.
-    assert!(
-        wait_until(Duration::from_secs(20), || async {
-            matches!(get(&format!("http://{admin}/ready")).await, Some((503, b)) if b["checks"]["storage"].is_string())
-        })
-        .await,
-        "{}",
-        streamer.stderr()
-    );
+    assert!(says_storage_full(&admin).await, "{}", streamer.stderr());
     streamer.signal(libc::SIGTERM);
     let exit = streamer
         .wait_exit(Duration::from_secs(30))
@@ -65,15 +73,7 @@ async fn a_streamer_stopped_while_etcd_is_full_exits_non_zero_and_counts_what_it
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_etcd_is_full_pushes_get_503_and_device_scrapes_are_skipped_and_counted() {
-    let etcd = small_etcd().await;
-    let client = etcd.client().await;
-    let prefix = unique_prefix("storage-push");
-    client
-        .kv_client()
-        .put(format!("{prefix}/queue/meta/partitions"), "16", None)
-        .await
-        .unwrap();
-    fill_from_outside(&client).await;
+    let (etcd, client, prefix) = full_etcd("storage-push").await;
     let exporter = crate::streamer_inputs::fake_exporter(concat!(
         "DCGM_FI_DEV_GPU_TEMP{gpu=\"0\",UUID=\"GPU-1\",device=\"nvidia0\",modelName=\"NVIDIA H100 80GB HBM3\",Hostname=\"h1\"} 41\n",
         "DCGM_FI_DEV_POWER_USAGE{gpu=\"0\",UUID=\"GPU-1\",device=\"nvidia0\",modelName=\"NVIDIA H100 80GB HBM3\",Hostname=\"h1\"} 300.5\n",
@@ -96,14 +96,7 @@ async fn while_etcd_is_full_pushes_get_503_and_device_scrapes_are_skipped_and_co
             ])
             .env("ADMIN_LISTEN", &admin),
     );
-    assert!(
-        wait_until(Duration::from_secs(20), || async {
-            matches!(get(&format!("http://{admin}/ready")).await, Some((503, b)) if b["checks"]["storage"].is_string())
-        })
-        .await,
-        "{}",
-        streamer.stderr()
-    );
+    assert!(says_storage_full(&admin).await, "{}", streamer.stderr());
     let csv: String = std::fs::read_to_string(sample_csv())
         .unwrap()
         .lines()
