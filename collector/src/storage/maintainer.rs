@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::history::History;
 use super::members::{self, MemberStatus, Members};
-use super::{expire, Leadership};
+use super::{expire, policy, Leadership};
 use crate::Shared;
 
 /// The same member is defragmented at most this often, unless its file nears the quota.
@@ -214,8 +214,7 @@ impl Maintainer {
     /// Expires the oldest samples, a share of the stored span as large as the share of the
     /// space to free.
     async fn expire(&mut self, seen: &Sizes) -> Result<(), Stop> {
-        let target = marks::EXPIRE_TO * self.status.budget_bytes as f64;
-        let share = ((seen.in_use as f64 - target) / seen.in_use.max(1) as f64).clamp(0.02, 0.5);
+        let share = policy::expiry_share(seen.in_use, self.status.budget_bytes);
         let fence = self.leader.fence();
         let Some(done) =
             expire::oldest(&self.shared.client, &self.shared.keys, &fence, share).await?
@@ -240,19 +239,13 @@ impl Maintainer {
     /// Defragments at most one member a round: one whose alarm is raised, whose file nears
     /// the quota, or that has a quarter of its file free (and is large enough to matter).
     async fn defragment(&mut self, seen: &Sizes, alarmed: &[u64]) -> Result<(), Stop> {
-        let quota = self.status.quota_bytes as f64;
-        let budget = self.status.budget_bytes as f64;
+        let (quota, budget) = (self.status.quota_bytes, self.status.budget_bytes);
         let pick = seen.members.iter().find(|m| {
-            let free = (m.db_size - m.in_use) as f64;
-            // Urgent, but only worth a blocked member if it frees a twentieth of the file.
-            let urgent = (alarmed.contains(&m.id) || m.db_size as f64 >= 0.9 * quota)
-                && free >= 0.05 * m.db_size as f64;
-            let worth = free >= 0.25 * m.db_size as f64 && m.db_size as f64 >= 0.5 * budget;
             let rested = self
                 .last_defrag
                 .get(&m.id)
                 .is_none_or(|t| t.elapsed() >= DEFRAG_EVERY);
-            urgent || worth && rested
+            policy::worth_defragmenting(m, alarmed.contains(&m.id), rested, quota, budget)
         });
         let Some(m) = pick else { return Ok(()) };
         self.still_leading().await?;
@@ -271,8 +264,7 @@ impl Maintainer {
     /// and then the oldest samples, be freed. Streamers stay paused until in use is under
     /// the budget ([`marks::Pressure::Full`]).
     async fn disarm(&mut self, seen: &Sizes, alarmed: &[u64]) -> Result<(), Stop> {
-        let limit = marks::FILE_LIMIT * self.status.quota_bytes as f64;
-        if seen.members.iter().any(|m| m.db_size as f64 >= limit) {
+        if !policy::may_disarm(&seen.members, self.status.quota_bytes) {
             return Ok(());
         }
         self.still_leading().await?;

@@ -12,6 +12,7 @@ mod expire;
 mod history;
 mod maintainer;
 mod members;
+mod policy;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -42,14 +42,19 @@ const GROWTH_PER_QUEUED_BYTE: i64 = 3;
 const QUEUED_MESSAGE_COST: i64 = 126 * 600;
 
 impl Room {
-    /// Waits until `bytes` of queued messages fit in the room left, and spends them. While
-    /// they do not, each wait asks for a fresh reading of etcd.
+    /// Waits until there is room left, and spends `bytes` of queued messages from it. While
+    /// there is none, each wait asks for a fresh reading of etcd.
+    ///
+    /// Any room at all admits a write, even one larger than the room: on a small quota one
+    /// group of messages can cost more than all the room between the maintainer's marks, and
+    /// waiting for that much would wait forever. The overdraw is one group per publisher, and
+    /// the pause at the budget ([`Pressure::Full`]) still holds.
     pub async fn take(&self, bytes: usize) {
         let cost = bytes as i64 * GROWTH_PER_QUEUED_BYTE;
         loop {
             let read = self.read.notified();
             let left = self.allowance.fetch_sub(cost, Ordering::AcqRel);
-            if left >= cost {
+            if left > 0 {
                 return;
             }
             self.allowance.fetch_add(cost, Ordering::AcqRel);
@@ -155,4 +160,30 @@ fn describe(r: &Reading, budget: i64, quota: i64) -> String {
         mib(r.db_size),
         mib(quota)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn room_admits_while_any_is_left_and_waits_for_a_reading_when_none_is() {
+        let room = Arc::new(Room::default());
+        room.reset(10);
+        // More than the room, but some room is left: admitted (and the room is overdrawn).
+        tokio::time::timeout(Duration::from_secs(1), room.take(100))
+            .await
+            .expect("admitted");
+        let waiting = tokio::spawn({
+            let room = room.clone();
+            async move { room.take(1).await }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!waiting.is_finished(), "no room: it waits");
+        room.reset(1_000);
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("a reading with room lets it through")
+            .unwrap();
+    }
 }

@@ -254,9 +254,14 @@ impl Ingest for GrpcIngest {
         request: tonic::Request<tonic::Streaming<TelemetryRecord>>,
     ) -> Result<tonic::Response<IngestSummary>, tonic::Status> {
         if self.sink.storage_full() {
-            return Err(tonic::Status::unavailable(
+            let mut refused = tonic::Status::unavailable(
                 "etcd is full; retry later (the storage maintainer is freeing space)",
-            ));
+            );
+            refused.metadata_mut().insert(
+                "retry-after",
+                tonic::metadata::MetadataValue::from_static("5"),
+            );
+            return Err(refused);
         }
         let mut stream = request.into_inner();
         let mut report = IngestReport::default();

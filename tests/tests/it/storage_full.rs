@@ -129,4 +129,17 @@ async fn while_etcd_is_full_pushes_get_503_and_device_scrapes_are_skipped_and_co
         0,
         "nothing was taken"
     );
+
+    // A collector started now (one that will not maintain storage, so the alarm stays) gets no
+    // lease, and says so on /ready, with storage as the reason.
+    let admin = format!("127.0.0.1:{}", free_port());
+    let collector = Proc::spawn(
+        "collector",
+        cmd("collector", &etcd.endpoints(), &prefix)
+            .env("ADMIN_LISTEN", &admin)
+            .env("STORAGE_MAINTAINER", "false"),
+    );
+    assert!(says_storage_full(&admin).await, "{}", collector.stderr());
+    let (_, why) = get(&format!("http://{admin}/ready")).await.unwrap();
+    assert!(why["checks"]["lease"].is_string(), "{why}");
 }
