@@ -56,7 +56,7 @@ pub async fn run(
         .ctx("register collector")?;
     tracing::info!(id = %shared.cfg.id, lease = lease.id, "collector registered");
 
-    let partitions = shared.cfg.queue.partitions();
+    let partitions = shared.cfg.process.queue.partitions();
     let offset = {
         let h = Sha256::digest(shared.cfg.id.as_bytes());
         u16::from_be_bytes([h[0], h[1]]) % partitions

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use telemetry::config::{parse_duration, EtcdArgs, QueueArgs, RuntimeArgs};
+use telemetry::config::{parse_duration, EtcdArgs, QueueProcessArgs};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -13,11 +13,7 @@ use telemetry::config::{parse_duration, EtcdArgs, QueueArgs, RuntimeArgs};
 )]
 pub struct Config {
     #[command(flatten)]
-    pub etcd: EtcdArgs,
-    #[command(flatten)]
-    pub queue: QueueArgs,
-    #[command(flatten)]
-    pub runtime: RuntimeArgs,
+    pub process: QueueProcessArgs,
 
     /// This collector's id, unique among live collectors (default: hostname-pid).
     #[arg(long, env = "COLLECTOR_ID", default_value = "")]
@@ -55,11 +51,6 @@ pub struct Config {
 
     #[command(flatten)]
     pub storage: StorageArgs,
-
-    /// Where /health, /ready and /metrics are served [default: 0.0.0.0:9102, or a free port
-    /// when that one is taken]; empty disables them. An address given here must be bound.
-    #[arg(long = "admin-listen", env = "ADMIN_LISTEN")]
-    pub admin_listen: Option<String>,
 
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -159,6 +150,11 @@ pub enum DlqAction {
 }
 
 impl Config {
+    /// Logging and shutdown settings, for the start-up path.
+    pub fn runtime(&self) -> &telemetry::config::RuntimeArgs {
+        &self.process.runtime
+    }
+
     /// Checks settings that clap cannot, naming the setting at fault.
     pub fn validate(&mut self) -> Result<(), String> {
         if self.processing_timeout < Duration::from_secs(2) {
@@ -194,10 +190,10 @@ impl Config {
     /// Defaults for tests and tools.
     pub fn for_tests(endpoints: Vec<String>, prefix: &str) -> Self {
         let mut c = Config::parse_from(["collector", "--admin-listen", ""]);
-        c.etcd = EtcdArgs::new(endpoints, prefix);
+        c.process.etcd = EtcdArgs::new(endpoints, prefix);
         c.processing_timeout = Duration::from_secs(3);
         c.rescan_interval = Duration::from_secs(1);
-        c.runtime.etcd_startup_timeout = Duration::ZERO;
+        c.process.runtime.etcd_startup_timeout = Duration::ZERO;
         c
     }
 }

@@ -59,19 +59,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), CollectorError> {
     let mut cfg = cfg;
-    let started = telemetry::service::start_queue_process(
-        cfg.admin_listen.as_deref(),
-        DEFAULT_ADMIN_LISTEN,
-        &cfg.etcd,
-        &cfg.runtime,
-        &mut cfg.queue,
-        &shutdown,
-    )
-    .await?;
+    let started =
+        telemetry::service::start_queue_process(&mut cfg.process, DEFAULT_ADMIN_LISTEN, &shutdown)
+            .await?;
     let readiness = started.admin.readiness.clone();
     let client = started.client.clone();
     let tracker = TaskTracker::new();
-    let keys = Keys::new(&cfg.etcd.prefix);
+    let keys = Keys::new(&cfg.process.etcd.prefix);
     let processed = ProcessedSet::for_settings(&client, &keys, cfg.dedupe_window, cfg.retention);
     if let ProcessedSet::Markers(_) = processed {
         tracing::info!(
@@ -90,7 +84,7 @@ pub async fn run(
             keys.clone(),
             processed,
             retention.clone(),
-            cfg.queue.max_txn_ops as usize,
+            cfg.process.queue.max_txn_ops as usize,
         ),
         registry: gpu_registry::GpuRegistry::new(client.clone(), keys.clone(), retention),
         permits: Semaphore::new(usize::from(cfg.workers)),
@@ -169,7 +163,7 @@ pub async fn run(
             tracing::warn!("lease lost; every partition was dropped; re-registering");
         }
     }
-    telemetry::shutdown::drain(&tracker, shared.cfg.runtime.shutdown_grace).await;
+    telemetry::shutdown::drain(&tracker, shared.cfg.process.runtime.shutdown_grace).await;
     started.stop().await;
     Ok(())
 }
@@ -190,7 +184,7 @@ async fn housekeeping(shared: Arc<Shared>, stop: CancellationToken) {
         }
         if last_sweep.elapsed() >= shared.cfg.rescan_interval {
             last_sweep = tokio::time::Instant::now();
-            let partitions = shared.cfg.queue.partitions();
+            let partitions = shared.cfg.process.queue.partitions();
             if let Ok(n) =
                 dlq::sweep_stray_partitions(&shared.client, &shared.keys, partitions).await
             {

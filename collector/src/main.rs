@@ -6,17 +6,18 @@ use clap::Parser;
 use collector::config::{Command, DlqAction};
 use collector::{CollectorError, Config, Counters};
 
-/// mimalloc: many small, short-lived allocations (docs/performance.md). Not in the streamer.
+/// mimalloc: decoding and committing messages makes many small, short-lived allocations
+/// (docs/performance.md). The streamer keeps the system allocator for its lower RSS.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::service::main(Config::parse(), Config::validate, |c| &c.runtime, run).await
+    telemetry::service::main(Config::parse(), Config::validate, Config::runtime, run).await
 }
 
 async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
-    let keys = telemetry::keys::Keys::new(&cfg.etcd.prefix);
+    let keys = telemetry::keys::Keys::new(&cfg.process.etcd.prefix);
     let Some(Command::Dlq { action }) = &cfg.command else {
         let shutdown = telemetry::shutdown::on_signal();
         let counters = Arc::new(Counters::default());
@@ -33,8 +34,8 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     };
-    let client = telemetry::etcd::connect(&cfg.etcd).await?;
-    let mut queue = cfg.queue.clone();
+    let client = telemetry::etcd::connect(&cfg.process.etcd).await?;
+    let mut queue = cfg.process.queue.clone();
     telemetry::queue::agree(&client, &keys, &mut queue).await?;
     match action {
         DlqAction::List => {

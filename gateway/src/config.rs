@@ -93,6 +93,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// Logging and shutdown settings, for the start-up path.
+    pub fn runtime(&self) -> &telemetry::config::RuntimeArgs {
+        &self.runtime
+    }
+
     pub fn validate(&mut self) -> Result<(), String> {
         for o in &self.cors_origins {
             check_origin(o)?;

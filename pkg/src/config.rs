@@ -64,6 +64,26 @@ pub struct RuntimeArgs {
     pub etcd_startup_timeout: Duration,
 }
 
+/// What a streamer and a collector both take: etcd, the queue, logging and shutdown, and where
+/// their admin endpoints are served.
+#[derive(Args, Debug, Clone)]
+pub struct QueueProcessArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub etcd: EtcdArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub queue: QueueArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub runtime: RuntimeArgs,
+    /// Where /health, /ready and /metrics are served [default: 0.0.0.0:9101 for a streamer,
+    /// 0.0.0.0:9102 for a collector, or a free port when that one is taken]; empty disables
+    /// them. An address given here must be bound.
+    #[arg(long = "admin-listen", env = "ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+}
+
 /// The queue's shape, which the streamer and the collectors must agree on.
 #[derive(Args, Debug, Clone)]
 pub struct QueueArgs {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::Readiness;
 use crate::backoff::Backoff;
-use crate::config::{EtcdArgs, QueueArgs, RuntimeArgs};
+use crate::config::{EtcdArgs, QueueProcessArgs, RuntimeArgs};
 use crate::etcd::EtcdError;
 use crate::keys::Keys;
 use crate::queue::PartitionsError;
@@ -207,14 +207,18 @@ impl Started {
 /// `default_admin`, or a free port when that is taken), connect to etcd, and agree on the
 /// queue's partition count (`queue` is set to the queue's own).
 pub async fn start_queue_process(
-    admin_listen: Option<&str>,
+    args: &mut QueueProcessArgs,
     default_admin: &str,
-    etcd: &EtcdArgs,
-    runtime: &RuntimeArgs,
-    queue: &mut QueueArgs,
     shutdown: &CancellationToken,
 ) -> Result<Started, StartError> {
-    let admin = AdminServer::start(crate::admin::bind(admin_listen, default_admin).await?);
+    let QueueProcessArgs {
+        etcd,
+        queue,
+        runtime,
+        admin_listen,
+    } = args;
+    let admin =
+        AdminServer::start(crate::admin::bind(admin_listen.as_deref(), default_admin).await?);
     let health = CancellationToken::new();
     let client = connect_etcd(etcd, runtime, &admin.readiness, shutdown, health.clone()).await?;
     // A new queue in a full etcd waits for room; a signal meanwhile stops the start-up.

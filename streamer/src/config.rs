@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use telemetry::config::{parse_duration, EtcdArgs, QueueArgs, RuntimeArgs};
+use telemetry::config::{parse_duration, EtcdArgs, QueueProcessArgs};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -14,11 +14,7 @@ use telemetry::config::{parse_duration, EtcdArgs, QueueArgs, RuntimeArgs};
 )]
 pub struct Config {
     #[command(flatten)]
-    pub etcd: EtcdArgs,
-    #[command(flatten)]
-    pub queue: QueueArgs,
-    #[command(flatten)]
-    pub runtime: RuntimeArgs,
+    pub process: QueueProcessArgs,
 
     /// DCGM CSV file to publish; may be given several times.
     #[arg(long = "csv", env = "CSV_PATH", value_delimiter = ',')]
@@ -94,11 +90,6 @@ pub struct Config {
     #[arg(long = "publishers", env = "STREAM_PUBLISHERS", default_value_t = 4)]
     pub publishers: usize,
 
-    /// Where /health, /ready and /metrics are served [default: 0.0.0.0:9101, or a free port
-    /// when that one is taken]; empty disables them. An address given here must be bound.
-    #[arg(long = "admin-listen", env = "ADMIN_LISTEN")]
-    pub admin_listen: Option<String>,
-
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -116,6 +107,11 @@ pub enum Command {
 }
 
 impl Config {
+    /// Logging and shutdown settings, for the start-up path.
+    pub fn runtime(&self) -> &telemetry::config::RuntimeArgs {
+        &self.process.runtime
+    }
+
     pub fn stamp_now(&self) -> bool {
         self.timestamps.unwrap_or(if self.looping {
             Timestamps::Now
@@ -163,9 +159,9 @@ impl Config {
     pub fn for_tests(endpoints: Vec<String>, prefix: &str) -> Self {
         let mut c =
             Config::parse_from(["streamer", "--admin-listen", "", "--listen", "127.0.0.1:0"]);
-        c.runtime.etcd_startup_timeout = std::time::Duration::ZERO;
+        c.process.runtime.etcd_startup_timeout = std::time::Duration::ZERO;
         c.listen = None;
-        c.etcd = EtcdArgs::new(endpoints, prefix);
+        c.process.etcd = EtcdArgs::new(endpoints, prefix);
         c
     }
 }

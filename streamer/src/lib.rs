@@ -128,22 +128,16 @@ pub async fn run(
 ) -> Result<(), StreamerError> {
     let sources = sources(&cfg)?;
     let mut cfg = cfg;
-    let started = telemetry::service::start_queue_process(
-        cfg.admin_listen.as_deref(),
-        DEFAULT_ADMIN_LISTEN,
-        &cfg.etcd,
-        &cfg.runtime,
-        &mut cfg.queue,
-        &shutdown,
-    )
-    .await?;
+    let started =
+        telemetry::service::start_queue_process(&mut cfg.process, DEFAULT_ADMIN_LISTEN, &shutdown)
+            .await?;
     let client = started.client.clone();
-    let keys = Keys::new(&cfg.etcd.prefix);
+    let keys = Keys::new(&cfg.process.etcd.prefix);
     let stop_helpers = CancellationToken::new();
     let publisher = Arc::new(Publisher::new(
         client.clone(),
         keys.clone(),
-        cfg.queue.clone(),
+        cfg.process.queue.clone(),
     ));
     let (tx, rx) = mpsc::channel(cfg.buffer);
     let (group_tx, group_rx) = mpsc::channel(cfg.publishers);
@@ -198,7 +192,7 @@ pub async fn run(
             l,
             sink.clone(),
             cfg.ingest_max_body,
-            cfg.runtime.http_header_timeout,
+            cfg.process.runtime.http_header_timeout,
             stop_inputs.clone(),
         ));
     }
@@ -251,7 +245,7 @@ pub async fn run(
             _ = shutdown.cancelled() => false,
         };
     if !done
-        && tokio::time::timeout(cfg.runtime.shutdown_grace, &mut drained)
+        && tokio::time::timeout(cfg.process.runtime.shutdown_grace, &mut drained)
             .await
             .is_err()
     {

@@ -53,7 +53,7 @@ impl Maintainer {
             ..Default::default()
         };
         Self {
-            members: Members::new(shared.cfg.etcd.clone()),
+            members: Members::new(shared.cfg.process.etcd.clone()),
             history: History::new(shared.cfg.storage.history),
             compacted: 0,
             last_compaction: None,

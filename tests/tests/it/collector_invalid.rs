@@ -57,8 +57,9 @@ async fn invalid_records_are_kept_with_their_reasons_and_bad_messages_are_dead_l
         .await
         .unwrap();
 
-    let (collector, stats) =
-        start_collector(etcd.endpoints(), &prefix, |c| c.queue.partitions = Some(1));
+    let (collector, stats) = start_collector(etcd.endpoints(), &prefix, |c| {
+        c.process.queue.partitions = Some(1)
+    });
     assert!(
         wait_until(Duration::from_secs(30), || async {
             count(&client, &keys.queue_root()).await == 0
@@ -156,7 +157,7 @@ async fn a_message_that_keeps_failing_goes_to_the_dead_letter_queue_after_max_re
     let records: Vec<_> = (0..20).map(|i| reading("h1", "0", T0 + i, 1.0)).collect();
     publish(&client, &keys, &envelope(records, "v1")).await;
     let (collector, stats) = start_collector(etcd.endpoints(), &prefix, |c| {
-        c.queue.partitions = Some(1);
+        c.process.queue.partitions = Some(1);
         c.max_retries = 3;
     });
     assert!(
@@ -211,8 +212,9 @@ async fn invalid_records_that_share_an_id_are_all_kept_and_the_good_ones_stored(
         reading("h1", "0", T0 + 1, 41.0),
     ];
     publish(&client, &keys, &envelope(records, "v1")).await;
-    let (collector, stats) =
-        start_collector(etcd.endpoints(), &prefix, |c| c.queue.partitions = Some(1));
+    let (collector, stats) = start_collector(etcd.endpoints(), &prefix, |c| {
+        c.process.queue.partitions = Some(1)
+    });
     assert!(
         wait_until(Duration::from_secs(30), || async {
             count(&client, &keys.queue_root()).await == 0

@@ -245,7 +245,7 @@ async fn an_idle_collector_takes_new_messages_from_its_watch_without_waiting_for
     let prefix = unique_prefix("delivered");
     let keys = Keys::new(&prefix);
     let (collector, stats) = start_collector(etcd.endpoints(), &prefix, |c| {
-        c.queue.partitions = Some(1);
+        c.process.queue.partitions = Some(1);
         c.rescan_interval = Duration::from_secs(600);
     });
     // Claimed, watching, and done with its first read of the empty partition.

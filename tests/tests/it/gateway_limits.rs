@@ -70,7 +70,7 @@ async fn slow_headers_and_idle_connections_are_closed_after_the_header_timeout()
     let ingest_addr = ingest.local_addr().unwrap().to_string();
     let mut cfg = streamer::Config::for_tests(etcd.endpoints(), &prefix);
     cfg.listen = Some("in-process".into());
-    cfg.runtime.http_header_timeout = Duration::from_secs(1);
+    cfg.process.runtime.http_header_timeout = Duration::from_secs(1);
     let stop = tokio_util::sync::CancellationToken::new();
     let streaming = tokio::spawn(streamer::run(
         cfg,

@@ -144,7 +144,7 @@ async fn shutdown_publishes_the_whole_buffer_without_pacing_it() {
     // buffer could not drain in time; flushed on shutdown, it does.
     cfg.rate = 50.0;
     cfg.buffer = 2_000;
-    cfg.runtime.shutdown_grace = Duration::from_secs(10);
+    cfg.process.runtime.shutdown_grace = Duration::from_secs(10);
     let s = start_streamer(cfg, false).await;
     assert!(
         wait_until(Duration::from_secs(30), || async {
@@ -176,7 +176,7 @@ async fn shutdown_with_etcd_gone_ends_when_the_grace_period_does() {
     cfg.csv = vec![pipeline_tests::sample_csv()];
     cfg.looping = true;
     cfg.rate = 2_000.0;
-    cfg.runtime.shutdown_grace = Duration::from_secs(1);
+    cfg.process.runtime.shutdown_grace = Duration::from_secs(1);
     cfg.buffer = 64;
     let s = start_streamer(cfg, false).await;
     assert!(
