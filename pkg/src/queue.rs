@@ -146,16 +146,16 @@ impl Publisher {
 /// The partition count given to this process disagrees with the queue's.
 #[derive(Debug, thiserror::Error)]
 pub enum PartitionsError {
-    /// Another count is already written to etcd.
+    /// Another count is already written to etcd, or the stored value is not a count.
     #[error(transparent)]
     Mismatch(BadSetting),
-    /// etcd failed, or the stored value is not a count.
+    /// etcd failed.
     #[error(transparent)]
     Etcd(#[from] EtcdError),
 }
 
 /// The count stored at `key`, if any (a plain read, which etcd serves even when full).
-async fn stored_count(client: &Client, key: &str) -> Result<Option<u16>, EtcdError> {
+async fn stored_count(client: &Client, key: &str) -> Result<Option<u16>, PartitionsError> {
     let resp = client
         .kv_client()
         .get(key, None)
@@ -170,10 +170,10 @@ async fn stored_count(client: &Client, key: &str) -> Result<Option<u16>, EtcdErr
         .filter(|n| *n > 0)
         .map(Some)
         .ok_or_else(|| {
-            EtcdError::new(
-                "read the partition count",
-                etcd_client::Error::InvalidArgs(format!("{key} does not hold a count")),
-            )
+            PartitionsError::Mismatch(BadSetting(format!(
+                "{key} holds {:?}, not a partition count; remove the key with etcdctl (only while the queue is empty) or fix its value",
+                String::from_utf8_lossy(kv.value())
+            )))
         })
 }
 

@@ -186,6 +186,14 @@ impl From<PartitionsError> for StartError {
     }
 }
 
+/// The start-up was stopped by a signal before it could finish `what`.
+fn stopped_while(what: &'static str) -> EtcdError {
+    EtcdError::new(
+        what,
+        etcd_client::Error::InvalidArgs("stopped by a signal during start-up".into()),
+    )
+}
+
 /// A queue process that has started: its admin endpoints, and a connected etcd client.
 pub struct Started {
     /// The admin endpoints, serving since the first step.
@@ -220,18 +228,40 @@ pub async fn start_queue_process(
     let admin =
         AdminServer::start(crate::admin::bind(admin_listen.as_deref(), default_admin).await?);
     let health = CancellationToken::new();
+    let started = Instant::now();
     let client = connect_etcd(etcd, runtime, &admin.readiness, shutdown, health.clone()).await?;
-    // A new queue in a full etcd waits for room; a signal meanwhile stops the start-up.
     let keys = Keys::new(&etcd.prefix);
-    tokio::select! {
-        agreed = crate::queue::agree(&client, &keys, queue) => agreed?,
-        _ = shutdown.cancelled() => {
-            return Err(crate::etcd::EtcdError::new(
-                "create the queue",
-                etcd_client::Error::InvalidArgs("stopped while etcd was full".into()),
-            ).into())
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        // A new queue in a full etcd waits for room; a signal meanwhile stops the start-up.
+        let agreed = tokio::select! {
+            agreed = crate::queue::agree(&client, &keys, queue) => agreed,
+            _ = shutdown.cancelled() => return Err(stopped_while("agreeing on the queue").into()),
+        };
+        let e = match agreed {
+            Ok(_) => break,
+            Err(PartitionsError::Etcd(e)) if e.is_transient() => e,
+            Err(e) => return Err(e.into()),
+        };
+        // A member that has just restarted answers the status probe before it has a leader:
+        // the first read can still fail, and that is no reason to exit.
+        let waited = started.elapsed();
+        if !runtime.etcd_startup_timeout.is_zero() && waited >= runtime.etcd_startup_timeout {
+            return Err(e.into());
         }
-    };
+        admin
+            .readiness
+            .block("queue", format!("cannot read the queue's shape yet: {e}"));
+        let wait = backoff.next_delay();
+        tracing::warn!(error = %e, retry_in = ?wait, "cannot read the queue's shape yet");
+        if crate::shutdown::or_cancel(shutdown, tokio::time::sleep(wait))
+            .await
+            .is_none()
+        {
+            return Err(stopped_while("agreeing on the queue").into());
+        }
+    }
+    admin.readiness.clear("queue");
     Ok(Started {
         admin,
         client,

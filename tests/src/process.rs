@@ -84,6 +84,11 @@ impl Proc {
         );
     }
 
+    /// Whether the process is still running (false once it has exited, however).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Everything printed on stdout so far.
     pub fn stdout(&self) -> String {
         self.stdout.lock().unwrap().join("\n")
@@ -152,8 +157,25 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// Kills the process; when a test failed, prints how the process ended and the last of
+    /// its log, so that a failure in CI says what the process saw.
     fn drop(&mut self) {
+        let exited = self.child.try_wait().ok().flatten();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let lines = self.stderr.lock().map(|l| l.clone()).unwrap_or_default();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            let state = exited.map_or("was still running".to_string(), |s| {
+                format!("had exited: {s}")
+            });
+            eprintln!(
+                "--- {} (pid {}) {state}; the last {} lines of its stderr:\n{}",
+                self.name,
+                self.child.id(),
+                tail.len(),
+                tail.join("\n")
+            );
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! etcd going away under a running pipeline: down past the collectors' lease and back (the
-//! partitions are reclaimed at once), and frozen mid-ingest (nothing lost or doubled).
+//! partitions are reclaimed at once), frozen mid-ingest (nothing lost or doubled), and without
+//! quorum when the processes start (they wait for it).
 
 use std::process::Command;
 use std::time::Duration;
@@ -137,4 +138,58 @@ async fn an_etcd_frozen_past_the_lease_loses_and_doubles_nothing_and_the_live_st
     );
     collector.shutdown().await.unwrap();
     gw.shutdown().await.unwrap();
+}
+
+/// A member that answers but has no quorum behind it, as while a cluster restarts: a collector
+/// and a one-pass streamer started against it wait, not ready and saying why, instead of
+/// exiting on their first failed read; once the cluster has a leader they do their work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_started_on_a_cluster_without_quorum_wait_for_it_and_then_work() {
+    use crate::readme::{cmd, get};
+    use pipeline_tests::process::{free_port, Proc};
+    let mut etcd = EtcdCluster::start(3, &[]).await;
+    let prefix = unique_prefix("no-quorum");
+    let first = etcd.endpoints()[..1].to_vec();
+    etcd.kill(1);
+    etcd.kill(2);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut collector = Proc::spawn(
+        "collector",
+        cmd("collector", &first, &prefix).env("ADMIN_LISTEN", &admin),
+    );
+    let csv = pipeline_tests::sample_csv();
+    let mut streamer = Proc::spawn(
+        "streamer",
+        cmd("streamer", &first, &prefix)
+            .args(["--csv", csv.to_str().unwrap()])
+            .env("ADMIN_LISTEN", ""),
+    );
+    for p in [&collector, &streamer] {
+        p.wait_for_log("cannot read the queue's shape yet", Duration::from_secs(60))
+            .await;
+    }
+    let (status, body) = get(&format!("http://{admin}/ready")).await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body["checks"]["queue"].is_string(), "{body}");
+    assert!(collector.running() && streamer.running());
+
+    etcd.restart(1).await;
+    let status = streamer.wait_exit(Duration::from_secs(120)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the streamer publishes its file once the cluster has a leader: {status:?}\n{}",
+        streamer.stderr()
+    );
+    let client = etcd.client().await;
+    let data = format!("{prefix}/telemetry/data/");
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            count(&client, &data).await == 2470
+        })
+        .await,
+        "stored {} of 2470",
+        count(&client, &data).await
+    );
+    assert!(matches!(get(&format!("http://{admin}/ready")).await, Some((200, _))));
+    assert!(collector.running());
 }

@@ -211,6 +211,12 @@ async fn health_and_ready_answer_while_etcd_is_down_and_ready_returns_with_it() 
             "{b} never became ready once etcd was back"
         );
     }
+    // The default admin ports are shared with every other test: a process that exited here
+    // would leave its port to another test's process, whose answers would mislead the rest.
+    let mut procs = [collector, streamer, gateway];
+    for p in &mut procs {
+        assert!(p.running(), "a process exited when etcd came back");
+    }
 
     // Stopped again while running: not ready with a reason, answered at once.
     etcd.kill(0);
@@ -233,7 +239,9 @@ async fn health_and_ready_answer_while_etcd_is_down_and_ready_returns_with_it() 
         !text.contains("tonic") && !text.contains("grpc"),
         "no gRPC text: {text}"
     );
-    drop((collector, streamer, gateway));
+    for p in &mut procs {
+        assert!(p.running(), "a process exited when etcd went away again");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
