@@ -53,7 +53,7 @@ bench: ## Benchmark on a fresh single-node etcd; prints a table, writes bench-re
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) run --release -q -p pipeline-tests --bin bench -- $(BENCH_ARGS)
 
-bench-storage: ## Storage lifecycle: a 20M-sample soak on a 256 MiB etcd quota, maintainer on vs off (~15 min)
+bench-storage: ## Storage lifecycle: a 20M-sample soak on a 256 MiB etcd quota, maintainer on vs off (~70 min)
 	$(MAKE) bench BENCH_ARGS="--storage $(BENCH_ARGS)"
 
 bench-cluster: ## The same benchmark on a 3-node local etcd cluster

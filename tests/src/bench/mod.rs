@@ -4,6 +4,7 @@
 //! `bench-results/` as JSON.
 
 pub mod ceiling;
+pub mod codec;
 pub mod etcd_disk;
 pub mod memory;
 pub mod procs;

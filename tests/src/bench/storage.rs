@@ -90,8 +90,9 @@ pub async fn soak(csv: &Path, samples: u64) -> Soak {
         if last_report.elapsed() >= Duration::from_secs(30) {
             last_report = Instant::now();
             eprintln!(
-                "      {} of {samples} samples, peak dbSize {:.1} MiB of {} MiB",
+                "      {} of {samples} samples ({:.0}/s), peak dbSize {:.1} MiB of {} MiB",
                 s.samples_processed,
+                s.samples_processed as f64 / started.elapsed().as_secs_f64(),
                 s.peak_db_size_bytes as f64 / 1048576.0,
                 QUOTA / 1048576
             );
@@ -99,9 +100,13 @@ pub async fn soak(csv: &Path, samples: u64) -> Soak {
         if s.samples_processed >= samples {
             break;
         }
+        // A generous bound (a third of the steady rate seen here, ~5,700 samples/s): it only
+        // stops a soak that no longer makes progress.
+        let bound = Duration::from_secs((samples / 2_000).max(600));
         assert!(
-            started.elapsed() < Duration::from_secs(3600),
-            "the soak did not finish"
+            started.elapsed() < bound,
+            "the soak processed {} of {samples} samples in {bound:?}",
+            s.samples_processed
         );
     }
     s.seconds = started.elapsed().as_secs_f64();

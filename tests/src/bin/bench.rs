@@ -37,6 +37,10 @@ struct Args {
     /// Samples the storage soak processes.
     #[arg(long, default_value_t = 20_000_000)]
     soak_samples: u64,
+    /// Only the chunk codec: a generated fleet (31 hosts × 8 GPUs × 1,200 steps of 1 s) folded
+    /// per GPU, and its series encoded with pco and with Gorilla's encoding.
+    #[arg(long)]
+    codecs: bool,
     /// Ingest runs per configuration (1 and 4 collectors, alternating); --quick runs one.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
@@ -137,6 +141,32 @@ async fn storage_bench(quick: bool, soak_samples: u64) {
     eprintln!("figures written to {name}");
 }
 
+/// `bench --codecs`: bytes per sample of a folded fleet, pco against Gorilla.
+fn codec_bench(quick: bool) {
+    use pipeline_tests::bench::codec;
+    let steps = if quick { 120 } else { 1_200 };
+    let c = codec::measure(codec::fleet(31, steps, 1));
+    println!(
+        "chunk codec: {} samples of {} GPUs, 1 s scrape, one chunk per GPU",
+        c.samples, c.gpus
+    );
+    println!("| figure | bytes per sample |");
+    println!("|---|---|");
+    println!(
+        "| whole chunks (pco columns, templates, row order) | {:.3} |",
+        c.chunk_bytes_per_sample
+    );
+    println!(
+        "| times and values per series, pco | {:.3} |",
+        c.pco_bytes_per_sample
+    );
+    println!(
+        "| times and values per series, Gorilla | {:.3} ({:.2}x pco) |",
+        c.gorilla_bytes_per_sample,
+        c.gorilla_bytes_per_sample / c.pco_bytes_per_sample
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let Args {
@@ -148,8 +178,13 @@ async fn main() {
         ingest_only,
         storage,
         soak_samples,
+        codecs,
         rounds,
     } = Args::parse();
+    if codecs {
+        codec_bench(quick);
+        return;
+    }
     if storage {
         storage_bench(quick, soak_samples).await;
         return;

@@ -190,6 +190,9 @@ async fn processes_started_on_a_cluster_without_quorum_wait_for_it_and_then_work
         "stored {} of 2470",
         count(&client, &data).await
     );
-    assert!(matches!(get(&format!("http://{admin}/ready")).await, Some((200, _))));
+    assert!(matches!(
+        get(&format!("http://{admin}/ready")).await,
+        Some((200, _))
+    ));
     assert!(collector.running());
 }

@@ -1,0 +1,165 @@
+//! Folded chunks: one GPU's samples of one closed window in one etcd key, as compressed columns.
+//!
+//! A raw sample costs hundreds of bytes of etcd's database, nearly all of it key, protobuf
+//! field tags and descriptive fields repeated on every sample. A chunk keeps each descriptive
+//! field once ([`Chunk::templates`]), and three numeric columns that compress well: times
+//! (regular intervals: deltas of deltas are mostly zero), which series each row belongs to
+//! (a short repeating pattern), and each series' values on their own (a metric's readings
+//! follow a walk at a fixed decimal precision). The columns are compressed with `pco`, chosen
+//! over Gorilla's XOR encoding by measurement (docs/storage.md): DCGM values are decimals such
+//! as 73.432, whose binary mantissas XOR badly, and pco finds their common multiple.
+//!
+//! Rows stay in the order the raw keys had (time, then content hash), so a folded window reads
+//! back in exactly the raw tier's order without hashing anything.
+
+use std::collections::HashMap;
+
+use pco::standalone::{simple_compress, simple_decompress};
+use pco::ChunkConfig;
+use prost::Message as _;
+use telemetry_proto::{Chunk, ChunkSeries, TelemetryRecord};
+
+/// Why a chunk could not be written or read back.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    /// The bytes are not a chunk.
+    #[error("chunk is not a Chunk message: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// A column could not be compressed or decompressed.
+    #[error("chunk column {column}: {source}")]
+    Column {
+        /// Which column.
+        column: &'static str,
+        /// What pco said.
+        #[source]
+        source: pco::errors::PcoError,
+    },
+    /// The columns disagree with each other (a damaged chunk).
+    #[error("chunk is inconsistent: {0}")]
+    Shape(String),
+}
+
+/// What a chunk stores of a record besides its time, metric and value: everything but the
+/// identity (`id`, `idempotency_key`, which readers derive from the content) and the legacy
+/// text fields (migrated before anything is stored).
+fn template_of(r: &TelemetryRecord) -> TelemetryRecord {
+    TelemetryRecord {
+        id: String::new(),
+        idempotency_key: String::new(),
+        timestamp_unix_nano: 0,
+        metric: String::new(),
+        value: 0.0,
+        timestamp_text: String::new(),
+        value_text: String::new(),
+        ..r.clone()
+    }
+}
+
+fn compress<T: pco::data_types::Number>(
+    column: &'static str,
+    nums: &[T],
+) -> Result<Vec<u8>, ChunkError> {
+    if nums.is_empty() {
+        return Ok(Vec::new());
+    }
+    simple_compress(nums, &ChunkConfig::default())
+        .map_err(|source| ChunkError::Column { column, source })
+}
+
+fn decompress<T: pco::data_types::Number>(
+    column: &'static str,
+    bytes: &[u8],
+) -> Result<Vec<T>, ChunkError> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    simple_decompress(bytes).map_err(|source| ChunkError::Column { column, source })
+}
+
+/// Folds `records` (one GPU's, in the order of their raw keys) into a chunk's bytes.
+pub fn fold(records: &[TelemetryRecord]) -> Result<Vec<u8>, ChunkError> {
+    let mut templates: Vec<TelemetryRecord> = Vec::new();
+    let mut template_index: HashMap<Vec<u8>, u32> = HashMap::new();
+    let mut series: Vec<(u32, String, Vec<f64>)> = Vec::new();
+    let mut series_index: HashMap<(u32, &str), u32> = HashMap::new();
+    let mut times = Vec::with_capacity(records.len());
+    let mut rows = Vec::with_capacity(records.len());
+    for r in records {
+        let template = template_of(r);
+        let t = *template_index
+            .entry(template.encode_to_vec())
+            .or_insert_with(|| {
+                templates.push(template);
+                (templates.len() - 1) as u32
+            });
+        let s = *series_index
+            .entry((t, r.metric.as_str()))
+            .or_insert_with(|| {
+                series.push((t, r.metric.clone(), Vec::new()));
+                (series.len() - 1) as u32
+            });
+        series[s as usize].2.push(r.value);
+        times.push(r.timestamp_unix_nano);
+        rows.push(s);
+    }
+    let series = series
+        .into_iter()
+        .map(|(template, metric, values)| {
+            Ok(ChunkSeries {
+                template,
+                metric,
+                values: compress("values", &values)?,
+            })
+        })
+        .collect::<Result<_, ChunkError>>()?;
+    Ok(Chunk {
+        count: records.len() as u32,
+        templates,
+        series,
+        times: compress("times", &times)?,
+        rows: compress("rows", &rows)?,
+    }
+    .encode_to_vec())
+}
+
+/// The records of a chunk, in the order they were folded, without `id` and `idempotency_key`.
+pub fn unfold(bytes: &[u8]) -> Result<Vec<TelemetryRecord>, ChunkError> {
+    let chunk = Chunk::decode(bytes)?;
+    let n = chunk.count as usize;
+    let times: Vec<i64> = decompress("times", &chunk.times)?;
+    let rows: Vec<u32> = decompress("rows", &chunk.rows)?;
+    if times.len() != n || rows.len() != n {
+        return Err(ChunkError::Shape(format!(
+            "{n} samples but {} times and {} rows",
+            times.len(),
+            rows.len()
+        )));
+    }
+    let mut values = Vec::with_capacity(chunk.series.len());
+    for s in &chunk.series {
+        if chunk.templates.get(s.template as usize).is_none() {
+            return Err(ChunkError::Shape(format!("no template {}", s.template)));
+        }
+        values.push(decompress::<f64>("values", &s.values)?.into_iter());
+    }
+    let mut out = Vec::with_capacity(n);
+    for (time, row) in times.into_iter().zip(rows) {
+        let series = chunk
+            .series
+            .get(row as usize)
+            .ok_or_else(|| ChunkError::Shape(format!("no series {row}")))?;
+        let value = values[row as usize]
+            .next()
+            .ok_or_else(|| ChunkError::Shape(format!("series {row} ran out of values")))?;
+        out.push(TelemetryRecord {
+            timestamp_unix_nano: time,
+            metric: series.metric.clone(),
+            value,
+            ..chunk.templates[series.template as usize].clone()
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
