@@ -12,7 +12,7 @@
 //! Rows stay in the order the raw keys had (time, then content hash), so a folded window reads
 //! back in exactly the raw tier's order without hashing anything.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use pco::standalone::{simple_compress, simple_decompress};
 use pco::ChunkConfig;
@@ -79,15 +79,21 @@ fn decompress<T: pco::data_types::Number>(
 /// Folds `records` (one GPU's, in the order of their raw keys) into a chunk's bytes.
 pub fn fold(records: &[TelemetryRecord]) -> Result<Vec<u8>, ChunkError> {
     let mut templates: Vec<TelemetryRecord> = Vec::new();
-    let mut template_index: HashMap<Vec<u8>, u32> = HashMap::new();
+    let mut template_index: HashMap<(Vec<u8>, BTreeMap<String, String>), u32> = HashMap::new();
     let mut series: Vec<(u32, String, Vec<f64>)> = Vec::new();
     let mut series_index: HashMap<(u32, &str), u32> = HashMap::new();
     let mut times = Vec::with_capacity(records.len());
     let mut rows = Vec::with_capacity(records.len());
     for r in records {
         let template = template_of(r);
+        // Labels are a hash map, encoded in no fixed order: compare them sorted.
+        let labels = template.labels.clone().into_iter().collect();
+        let without_labels = TelemetryRecord {
+            labels: Default::default(),
+            ..template.clone()
+        };
         let t = *template_index
-            .entry(template.encode_to_vec())
+            .entry((without_labels.encode_to_vec(), labels))
             .or_insert_with(|| {
                 templates.push(template);
                 (templates.len() - 1) as u32

@@ -24,6 +24,16 @@ pub struct Codecs {
     pub pco_bytes_per_sample: f64,
     /// Times and values alone, per series, with Gorilla.
     pub gorilla_bytes_per_sample: f64,
+    /// Where a chunk's bytes go: its columns.
+    pub column_bytes: Columns,
+}
+
+/// Bytes of each kind of chunk column, summed over chunks.
+#[derive(Debug, Default, Serialize)]
+pub struct Columns {
+    pub times: u64,
+    pub rows: u64,
+    pub values: u64,
 }
 
 /// The generated fleet's records: `hosts` × 8 GPUs × `steps` steps at `interval_s`.
@@ -68,7 +78,17 @@ pub fn measure(records: Vec<TelemetryRecord>) -> Codecs {
         samples.sort_by(|a, b| a.0.cmp(&b.0));
         let records: Vec<TelemetryRecord> = samples.into_iter().map(|(_, r)| r).collect();
         c.samples += records.len() as u64;
-        chunk_bytes += chunk::fold(&records).expect("fold").len();
+        let folded = chunk::fold(&records).expect("fold");
+        chunk_bytes += folded.len();
+        let parts =
+            <telemetry::proto::Chunk as prost::Message>::decode(&folded[..]).expect("chunk");
+        c.column_bytes.times += parts.times.len() as u64;
+        c.column_bytes.rows += parts.rows.len() as u64;
+        c.column_bytes.values += parts
+            .series
+            .iter()
+            .map(|s| s.values.len() as u64)
+            .sum::<u64>();
         let mut series: BTreeMap<&str, (Vec<i64>, Vec<f64>)> = BTreeMap::new();
         for r in &records {
             let s = series.entry(&r.metric).or_default();
@@ -88,6 +108,38 @@ pub fn measure(records: Vec<TelemetryRecord>) -> Codecs {
     c.pco_bytes_per_sample = per(pco_bytes);
     c.gorilla_bytes_per_sample = per(gorilla_bytes);
     c
+}
+
+/// `bench --codecs`: bytes per sample of a folded fleet, pco against Gorilla.
+pub fn run(quick: bool) {
+    // The Prometheus anchor of the folding issue (20 minutes at 1 s), and one default
+    // STORAGE_FOLD_WINDOW (1 h) at a 10 s scrape: 12,000 and 3,600 samples per chunk.
+    let shapes = if quick {
+        [(120, 1), (36, 10)]
+    } else {
+        [(1_200, 1), (360, 10)]
+    };
+    println!("chunk codec: 31 hosts x 8 GPUs, one chunk per GPU; bytes per sample");
+    println!("| fleet | samples | whole chunks | times+values, pco | times+values, Gorilla |");
+    println!("|---|---|---|---|---|");
+    for (steps, interval_s) in shapes {
+        let c = measure(fleet(31, steps, interval_s));
+        println!(
+            "| {steps} steps of {interval_s} s | {} | {:.3} | {:.3} | {:.3} ({:.2}x pco) |",
+            c.samples,
+            c.chunk_bytes_per_sample,
+            c.pco_bytes_per_sample,
+            c.gorilla_bytes_per_sample,
+            c.gorilla_bytes_per_sample / c.pco_bytes_per_sample
+        );
+        let per = |b: u64| b as f64 / c.samples as f64;
+        eprintln!(
+            "    chunk columns per sample: times {:.3}, rows {:.3}, values {:.3}",
+            per(c.column_bytes.times),
+            per(c.column_bytes.rows),
+            per(c.column_bytes.values)
+        );
+    }
 }
 
 /// Bits appended most significant first.

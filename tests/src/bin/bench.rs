@@ -51,122 +51,6 @@ async fn measure_ceiling(members: usize, secs: Duration) -> f64 {
     ceiling::measure(&etcd.all_endpoints(), 8, secs).await
 }
 
-/// `make bench-storage`: prints the soak's figures and the maintainer's cost.
-async fn storage_bench(quick: bool, soak_samples: u64) {
-    use pipeline_tests::bench::storage;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let fleet = dir.path().join("fleet.csv");
-    let (hosts, steps) = if quick { (25, 10) } else { (100, 63) };
-    let records = scenarios::generate(&fleet, hosts, steps, 1);
-    let soak_samples = if quick {
-        soak_samples.min(2_000_000)
-    } else {
-        soak_samples
-    };
-    let mut rates = (Vec::new(), Vec::new());
-    for round in 1..=2 {
-        for on in [false, true] {
-            eprintln!(
-                "[storage] ingest of {records} samples, maintainer {}, round {round} of 2",
-                if on { "on" } else { "off" }
-            );
-            let r = storage::ingest_with_maintainer(&fleet, records, on).await;
-            if on {
-                rates.1.push(r)
-            } else {
-                rates.0.push(r)
-            }
-        }
-    }
-    eprintln!("[storage] soak: {soak_samples} samples on a 256 MiB quota");
-    let soak = storage::soak(&fleet, soak_samples).await;
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let (off, on) = (mean(&rates.0), mean(&rates.1));
-    let mib = |b: i64| b as f64 / 1048576.0;
-    println!(
-        "storage lifecycle (etcd {})",
-        pipeline_tests::etcd::etcd_binary().display()
-    );
-    println!("| figure | value | against |");
-    println!("|---|---|---|");
-    println!(
-        "| soak: samples processed | {} in {:.0} s ({:.0}/s) | target {} |",
-        soak.samples_processed, soak.seconds, soak.samples_per_s, soak.samples_target
-    );
-    println!(
-        "| soak: peak dbSize | {:.1} MiB | {:.2} of the {:.0} MiB quota |",
-        mib(soak.peak_db_size_bytes),
-        soak.peak_db_size_bytes as f64 / soak.quota_bytes as f64,
-        mib(soak.quota_bytes as i64)
-    );
-    println!(
-        "| soak: peak dbSizeInUse | {:.1} MiB | {:.2} of the quota |",
-        mib(soak.peak_in_use_bytes),
-        soak.peak_in_use_bytes as f64 / soak.quota_bytes as f64
-    );
-    println!(
-        "| soak: NOSPACE alarm seen | {} of {} samples (4 per second); raised at the end: {} | |",
-        soak.alarm_seen_in_samples,
-        (soak.seconds * 4.0) as u64,
-        soak.alarm_raised_at_end
-    );
-    println!(
-        "| soak: samples expired by budget | {} | {:.2} of those processed |",
-        soak.samples_expired_budget,
-        soak.samples_expired_budget as f64 / soak.samples_processed.max(1) as f64
-    );
-    println!("| soak: stored at the end | {} | |", soak.stored_at_end);
-    println!(
-        "| soak: compactions, defrags | {}, {} | |",
-        soak.compactions, soak.defrags
-    );
-    println!(
-        "| ingest, maintainer off (rec/s) | {} | runs {:?} |",
-        off.round(),
-        rates.0.iter().map(|r| r.round()).collect::<Vec<_>>()
-    );
-    println!(
-        "| ingest, maintainer on (rec/s) | {} | {:.2}x off; runs {:?} |",
-        on.round(),
-        on / off,
-        rates.1.iter().map(|r| r.round()).collect::<Vec<_>>()
-    );
-    std::fs::create_dir_all("bench-results").expect("bench-results/");
-    let name = format!(
-        "bench-results/storage-{}.json",
-        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
-    );
-    let json = serde_json::json!({"soak": soak, "ingest_off": rates.0, "ingest_on": rates.1});
-    std::fs::write(&name, serde_json::to_string_pretty(&json).unwrap()).expect("write results");
-    eprintln!("figures written to {name}");
-}
-
-/// `bench --codecs`: bytes per sample of a folded fleet, pco against Gorilla.
-fn codec_bench(quick: bool) {
-    use pipeline_tests::bench::codec;
-    let steps = if quick { 120 } else { 1_200 };
-    let c = codec::measure(codec::fleet(31, steps, 1));
-    println!(
-        "chunk codec: {} samples of {} GPUs, 1 s scrape, one chunk per GPU",
-        c.samples, c.gpus
-    );
-    println!("| figure | bytes per sample |");
-    println!("|---|---|");
-    println!(
-        "| whole chunks (pco columns, templates, row order) | {:.3} |",
-        c.chunk_bytes_per_sample
-    );
-    println!(
-        "| times and values per series, pco | {:.3} |",
-        c.pco_bytes_per_sample
-    );
-    println!(
-        "| times and values per series, Gorilla | {:.3} ({:.2}x pco) |",
-        c.gorilla_bytes_per_sample,
-        c.gorilla_bytes_per_sample / c.pco_bytes_per_sample
-    );
-}
-
 #[tokio::main]
 async fn main() {
     let Args {
@@ -182,11 +66,11 @@ async fn main() {
         rounds,
     } = Args::parse();
     if codecs {
-        codec_bench(quick);
+        pipeline_tests::bench::codec::run(quick);
         return;
     }
     if storage {
-        storage_bench(quick, soak_samples).await;
+        pipeline_tests::bench::storage::run(quick, soak_samples).await;
         return;
     }
     let members = if cluster { 3 } else { 1 };

@@ -137,3 +137,22 @@ fn a_realistic_hour_folds_to_a_few_bytes_per_sample() {
     );
     assert_same(&unfold(&bytes).unwrap(), &records);
 }
+
+#[test]
+fn descriptive_fields_are_kept_once_whatever_order_their_labels_came_in() {
+    // Every record's labels are a map of its own, which protobuf encodes in no fixed order.
+    let records: Vec<_> = (0..100)
+        .map(|i| {
+            let mut r = record(0, (i % 10) as u8, i64::from(i), f64::from(i));
+            for k in ["instance", "job", "driver", "pci_bus_id", "exporter"] {
+                r.labels.insert(k.into(), format!("{k}-value"));
+            }
+            r
+        })
+        .collect();
+    let chunk =
+        <telemetry_proto::Chunk as prost::Message>::decode(&fold(&records).unwrap()[..]).unwrap();
+    assert_eq!(chunk.templates.len(), 1);
+    assert_eq!(chunk.series.len(), 10);
+    assert_same(&unfold(&fold(&records).unwrap()).unwrap(), &records);
+}
