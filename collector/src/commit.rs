@@ -285,9 +285,8 @@ impl Committer {
         Txn::new().when(compares).and_then(success).or_else(failure)
     }
 
-    /// Whether a Txn that failed with NOSPACE was applied anyway: its first and last puts both
-    /// exist, written by one revision after the message was read. (A Txn is atomic, and no
-    /// other write puts both at one revision.)
+    /// Whether a Txn that failed with NOSPACE was applied anyway (its first and last puts,
+    /// written after the message was read).
     async fn landed(
         &self,
         msg: &Claimed,
@@ -296,22 +295,12 @@ impl Committer {
     ) -> bool {
         let mut puts: Vec<String> = valid.iter().map(|r| self.processed_key(r)).collect();
         puts.extend(invalid.iter().map(|r| r.key.clone()));
-        let (Some(first), Some(last)) = (puts.first(), puts.last()) else {
-            return false;
-        };
-        let mut revisions = Vec::with_capacity(2);
-        for key in [first, last] {
-            match self
-                .client
-                .kv_client()
-                .get(key.as_str(), Some(GetOptions::new().with_keys_only()))
-                .await
-            {
-                Ok(r) => revisions.extend(r.kvs().first().map(|kv| kv.mod_revision())),
-                Err(_) => return false,
+        match (puts.first(), puts.last()) {
+            (Some(first), Some(last)) => {
+                telemetry::storage::landed(&self.client, first, last, msg.mod_revision).await
             }
+            _ => false,
         }
-        matches!(revisions[..], [a, b] if a == b && a > msg.mod_revision)
     }
 
     /// The key a record's processed-set entry lives at.

@@ -116,25 +116,11 @@ impl Publisher {
             // The Txn that crosses etcd's quota is applied, then answered with NOSPACE. Its
             // messages are queued then (and stay: no commit is accepted either until space is
             // freed), so counting them unpublished would be wrong.
-            Err(e) if crate::storage::is_no_space(&e) && self.landed(group).await => Ok(()),
+            Err(e) if crate::storage::is_no_space(&e) && landed(&self.client, group).await => {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
-    }
-
-    /// Whether the group's first and last messages both exist, put by one revision (one Txn).
-    async fn landed(&self, group: &[Encoded]) -> bool {
-        let (Some(first), Some(last)) = (group.first(), group.last()) else {
-            return false;
-        };
-        let mut revisions = Vec::with_capacity(2);
-        for key in [&first.key, &last.key] {
-            let opts = GetOptions::new().with_keys_only();
-            match self.client.kv_client().get(key.as_str(), Some(opts)).await {
-                Ok(r) => revisions.extend(r.kvs().first().map(|kv| kv.mod_revision())),
-                Err(_) => return false,
-            }
-        }
-        matches!(revisions[..], [a, b] if a == b)
     }
 
     /// Messages waiting in the queue, counted by etcd without sending them.
@@ -175,6 +161,14 @@ async fn stored_count(client: &Client, key: &str) -> Result<Option<u16>, Partiti
                 String::from_utf8_lossy(kv.value())
             )))
         })
+}
+
+/// Whether a group's Txn was applied (see [`crate::storage::landed`]).
+async fn landed(client: &Client, group: &[Encoded]) -> bool {
+    match (group.first(), group.last()) {
+        (Some(first), Some(last)) => crate::storage::landed(client, &first.key, &last.key, 0).await,
+        _ => false,
+    }
 }
 
 /// Makes the partition count a property of the queue: the first process writes its count

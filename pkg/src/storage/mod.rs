@@ -145,6 +145,21 @@ pub fn is_no_space(e: &EtcdError) -> bool {
     matches!(&e.source, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::ResourceExhausted)
 }
 
+/// Whether a Txn that etcd answered with NOSPACE was applied anyway: its first and last puts
+/// both exist, written by one revision after `after` (a Txn is atomic, and no other write puts
+/// both at one revision). A read that fails counts as not applied.
+pub async fn landed(client: &Client, first: &str, last: &str, after: i64) -> bool {
+    let mut revisions = Vec::with_capacity(2);
+    for key in [first, last] {
+        let opts = etcd_client::GetOptions::new().with_keys_only();
+        match client.kv_client().get(key, Some(opts)).await {
+            Ok(r) => revisions.extend(r.kvs().first().map(|kv| kv.mod_revision())),
+            Err(_) => return false,
+        }
+    }
+    matches!(revisions[..], [a, b] if a == b && a > after)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
