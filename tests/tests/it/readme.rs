@@ -287,9 +287,18 @@ async fn the_partition_count_belongs_to_the_queue_and_a_mismatch_is_refused() {
     // an etcd failure retried until ETCD_STARTUP_TIMEOUT.
     let damaged = unique_prefix("readme-partitions-damaged");
     let key = format!("{damaged}/queue/meta/partitions");
-    client.clone().put(key.as_str(), "four", None).await.unwrap();
+    client
+        .clone()
+        .put(key.as_str(), "four", None)
+        .await
+        .unwrap();
     let mut refused = Proc::spawn("collector", &mut cmd("collector", &eps, &damaged));
     let status = refused.wait_exit(Duration::from_secs(30)).await;
-    assert_eq!(status.and_then(|s| s.code()), Some(2), "{}", refused.stderr());
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(2),
+        "{}",
+        refused.stderr()
+    );
     assert!(refused.stderr().contains(&key), "{}", refused.stderr());
 }
