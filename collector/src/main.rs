@@ -2,7 +2,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::Parser;
 use collector::config::{Command, DlqAction};
 use collector::{CollectorError, Config, Counters};
 
@@ -11,10 +10,7 @@ use collector::{CollectorError, Config, Counters};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    telemetry::service::main(Config::parse(), Config::validate, Config::runtime, run).await
-}
+telemetry::main!(Config, run);
 
 async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     let keys = telemetry::keys::Keys::new(&cfg.process.etcd.prefix);

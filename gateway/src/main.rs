@@ -6,14 +6,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
 use gateway::Config;
 use telemetry::service::BadSetting;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    telemetry::service::main(Config::parse(), Config::validate, Config::runtime, run).await
-}
+telemetry::main!(Config, run);
 
 async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", cfg.port))

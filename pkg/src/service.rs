@@ -47,6 +47,25 @@ pub fn exit_code(err: &anyhow::Error) -> ExitCode {
     }
 }
 
+/// A binary's whole `main`: `telemetry::main!(Config, run)` parses `Config` (a clap parser with
+/// `validate` and `runtime` methods) and hands it to [`main`] with `run`, on a tokio runtime.
+/// One line in each binary, so that the start-up path is written here once.
+#[macro_export]
+macro_rules! main {
+    ($config:ty, $run:expr) => {
+        #[::tokio::main]
+        async fn main() -> ::std::process::ExitCode {
+            $crate::service::main(
+                <$config as ::clap::Parser>::parse(),
+                <$config>::validate,
+                <$config>::runtime,
+                $run,
+            )
+            .await
+        }
+    };
+}
+
 /// What every `main` does around its own work: validate the settings (exit 2 with a one-line
 /// error), set up tracing, run, and turn the outcome into an exit code.
 pub async fn main<C, F, Fut>(

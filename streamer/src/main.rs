@@ -2,17 +2,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::Parser;
 use streamer::config::Command;
 use streamer::{Config, Counters, Listeners, StreamerError};
 use telemetry::service::BadSetting;
 
 // The system allocator, unlike the collector and the gateway: with mimalloc the streamer's peak
 // memory on a 1 GB file rose from 35 to 97 MB (make bench), for no throughput it needs.
-#[tokio::main]
-async fn main() -> ExitCode {
-    telemetry::service::main(Config::parse(), Config::validate, Config::runtime, run).await
-}
+telemetry::main!(Config, run);
 
 async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     if let Some(Command::Generate(args)) = &cfg.command {
