@@ -132,6 +132,43 @@ impl Drop for AdminServer {
     }
 }
 
+/// How long start-up keeps trying etcd: growing pauses between tries, until
+/// `ETCD_STARTUP_TIMEOUT` after the first (0: no deadline) or a signal. Connecting and agreeing
+/// on the queue both wait this way.
+struct Patience<'a> {
+    started: Instant,
+    deadline: Option<Instant>,
+    backoff: Backoff,
+    shutdown: &'a CancellationToken,
+}
+
+impl<'a> Patience<'a> {
+    fn new(runtime: &RuntimeArgs, shutdown: &'a CancellationToken) -> Self {
+        let started = Instant::now();
+        Self {
+            started,
+            deadline: (!runtime.etcd_startup_timeout.is_zero())
+                .then(|| started + runtime.etcd_startup_timeout),
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+            shutdown,
+        }
+    }
+
+    /// The pause before the next try; `None` when the try after it would come past the deadline.
+    fn next_pause(&mut self) -> Option<Duration> {
+        let pause = self.backoff.next_delay();
+        let late = self.deadline.is_some_and(|d| Instant::now() + pause >= d);
+        (!late).then_some(pause)
+    }
+
+    /// Sleeps `pause`; false when a signal came first.
+    async fn sleep(&self, pause: Duration) -> bool {
+        crate::shutdown::or_cancel(self.shutdown, tokio::time::sleep(pause))
+            .await
+            .is_some()
+    }
+}
+
 /// Connects to etcd, retrying with backoff until it answers, `shutdown` fires, or the
 /// runtime's start-up deadline passes. Meanwhile `readiness` says why the process is not
 /// ready; once connected, a background task keeps the "etcd" condition current until `stop`.
@@ -142,10 +179,7 @@ pub async fn connect_etcd(
     shutdown: &CancellationToken,
     stop: CancellationToken,
 ) -> Result<Client, EtcdUnreachable> {
-    let started = Instant::now();
-    let deadline =
-        (!runtime.etcd_startup_timeout.is_zero()).then(|| started + runtime.etcd_startup_timeout);
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut patience = Patience::new(runtime, shutdown);
     let endpoints = args.endpoints.join(",");
     loop {
         let last = match crate::etcd::connect(args).await {
@@ -164,20 +198,18 @@ pub async fn connect_etcd(
             "etcd",
             format!("etcd at {endpoints} is not reachable: {last}"),
         );
-        let wait = backoff.next_delay();
-        tracing::warn!(%endpoints, error = %last, retry_in = ?wait, "etcd is not reachable yet");
-        let wake = Instant::now() + wait;
+        let started = patience.started;
         let give_up = |last| EtcdUnreachable {
             endpoints: endpoints.clone(),
             waited: started.elapsed(),
             last,
         };
-        if deadline.is_some_and(|d| wake >= d) {
+        let Some(pause) = patience.next_pause() else {
             return Err(give_up(last));
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Err(give_up(last)),
-            _ = tokio::time::sleep_until(wake) => {}
+        };
+        tracing::warn!(%endpoints, error = %last, retry_in = ?pause, "etcd is not reachable yet");
+        if !patience.sleep(pause).await {
+            return Err(give_up(last));
         }
     }
 }
@@ -247,10 +279,10 @@ pub async fn start_queue_process(
     let admin =
         AdminServer::start(crate::admin::bind(admin_listen.as_deref(), default_admin).await?);
     let health = CancellationToken::new();
-    let started = Instant::now();
+    // Created before connecting: one deadline covers both steps.
+    let mut patience = Patience::new(runtime, shutdown);
     let client = connect_etcd(etcd, runtime, &admin.readiness, shutdown, health.clone()).await?;
     let keys = Keys::new(&etcd.prefix);
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         // A new queue in a full etcd waits for room; a signal meanwhile stops the start-up.
         let agreed = tokio::select! {
@@ -264,19 +296,14 @@ pub async fn start_queue_process(
         };
         // A member that has just restarted answers the status probe before it has a leader:
         // the first read can still fail, and that is no reason to exit.
-        let waited = started.elapsed();
-        if !runtime.etcd_startup_timeout.is_zero() && waited >= runtime.etcd_startup_timeout {
+        let Some(pause) = patience.next_pause() else {
             return Err(e.into());
-        }
+        };
         admin
             .readiness
             .block("queue", format!("cannot read the queue's shape yet: {e}"));
-        let wait = backoff.next_delay();
-        tracing::warn!(error = %e, retry_in = ?wait, "cannot read the queue's shape yet");
-        if crate::shutdown::or_cancel(shutdown, tokio::time::sleep(wait))
-            .await
-            .is_none()
-        {
+        tracing::warn!(error = %e, retry_in = ?pause, "cannot read the queue's shape yet");
+        if !patience.sleep(pause).await {
             return Err(stopped_while("agreeing on the queue").into());
         }
     }
