@@ -293,14 +293,22 @@ impl Committer {
         valid: &[&TelemetryRecord],
         invalid: &[Refused<'_>],
     ) -> bool {
-        let mut puts: Vec<String> = valid.iter().map(|r| self.processed_key(r)).collect();
-        puts.extend(invalid.iter().map(|r| r.key.clone()));
-        match (puts.first(), puts.last()) {
-            (Some(first), Some(last)) => {
-                telemetry::storage::landed(&self.client, first, last, msg.mod_revision).await
-            }
-            _ => false,
-        }
+        // The Txn puts the valid records' keys, then the invalid ones'.
+        let first = valid
+            .first()
+            .map(|r| self.processed_key(r))
+            .or_else(|| invalid.first().map(|r| r.key.clone()));
+        let last = invalid
+            .last()
+            .map(|r| r.key.clone())
+            .or_else(|| valid.last().map(|r| self.processed_key(r)));
+        telemetry::storage::landed(
+            &self.client,
+            first.as_deref(),
+            last.as_deref(),
+            msg.mod_revision,
+        )
+        .await
     }
 
     /// The key a record's processed-set entry lives at.

@@ -105,6 +105,8 @@ impl Publisher {
             .iter()
             .map(|m| TxnOp::put(m.key.as_str(), m.value.clone(), None))
             .collect();
+        let first = group.first().map(|m| m.key.as_str());
+        let last = group.last().map(|m| m.key.as_str());
         match self
             .client
             .kv_client()
@@ -116,7 +118,10 @@ impl Publisher {
             // The Txn that crosses etcd's quota is applied, then answered with NOSPACE. Its
             // messages are queued then (and stay: no commit is accepted either until space is
             // freed), so counting them unpublished would be wrong.
-            Err(e) if crate::storage::is_no_space(&e) && landed(&self.client, group).await => {
+            Err(e)
+                if crate::storage::is_no_space(&e)
+                    && crate::storage::landed(&self.client, first, last, 0).await =>
+            {
                 Ok(())
             }
             Err(e) => Err(e),
@@ -161,14 +166,6 @@ async fn stored_count(client: &Client, key: &str) -> Result<Option<u16>, Partiti
                 String::from_utf8_lossy(kv.value())
             )))
         })
-}
-
-/// Whether a group's Txn was applied (see [`crate::storage::landed`]).
-async fn landed(client: &Client, group: &[Encoded]) -> bool {
-    match (group.first(), group.last()) {
-        (Some(first), Some(last)) => crate::storage::landed(client, &first.key, &last.key, 0).await,
-        _ => false,
-    }
 }
 
 /// Makes the partition count a property of the queue: the first process writes its count

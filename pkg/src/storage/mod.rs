@@ -147,8 +147,11 @@ pub fn is_no_space(e: &EtcdError) -> bool {
 
 /// Whether a Txn that etcd answered with NOSPACE was applied anyway: its first and last puts
 /// both exist, written by one revision after `after` (a Txn is atomic, and no other write puts
-/// both at one revision). A read that fails counts as not applied.
-pub async fn landed(client: &Client, first: &str, last: &str, after: i64) -> bool {
+/// both at one revision). A read that fails, or a Txn without puts, counts as not applied.
+pub async fn landed(client: &Client, first: Option<&str>, last: Option<&str>, after: i64) -> bool {
+    let (Some(first), Some(last)) = (first, last) else {
+        return false;
+    };
     let mut revisions = Vec::with_capacity(2);
     for key in [first, last] {
         let opts = etcd_client::GetOptions::new().with_keys_only();
