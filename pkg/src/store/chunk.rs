@@ -55,7 +55,8 @@ fn template_of(r: &TelemetryRecord) -> TelemetryRecord {
     }
 }
 
-fn compress<T: pco::data_types::Number>(
+/// One column as a chunk stores it (pco with its default configuration; empty when `nums` is).
+pub fn compress<T: pco::data_types::Number>(
     column: &'static str,
     nums: &[T],
 ) -> Result<Vec<u8>, ChunkError> {
@@ -85,16 +86,14 @@ pub fn fold(records: &[TelemetryRecord]) -> Result<Vec<u8>, ChunkError> {
     let mut times = Vec::with_capacity(records.len());
     let mut rows = Vec::with_capacity(records.len());
     for r in records {
-        let template = template_of(r);
+        let mut template = template_of(r);
         // Labels are a hash map, encoded in no fixed order: compare them sorted.
-        let labels = template.labels.clone().into_iter().collect();
-        let without_labels = TelemetryRecord {
-            labels: Default::default(),
-            ..template.clone()
-        };
+        let labels = std::mem::take(&mut template.labels);
+        let sorted = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let t = *template_index
-            .entry((without_labels.encode_to_vec(), labels))
+            .entry((template.encode_to_vec(), sorted))
             .or_insert_with(|| {
+                template.labels = labels;
                 templates.push(template);
                 (templates.len() - 1) as u32
             });

@@ -96,10 +96,8 @@ pub fn measure(records: Vec<TelemetryRecord>) -> Codecs {
             s.1.push(r.value);
         }
         for (times, values) in series.values() {
-            let pco = |b: Vec<u8>| b.len();
-            let cfg = pco::ChunkConfig::default();
-            pco_bytes += pco(pco::standalone::simple_compress(times, &cfg).expect("pco"));
-            pco_bytes += pco(pco::standalone::simple_compress(values, &cfg).expect("pco"));
+            pco_bytes += chunk::compress("times", times).expect("pco").len();
+            pco_bytes += chunk::compress("values", values).expect("pco").len();
             gorilla_bytes += gorilla(times, values).len();
         }
     }
