@@ -8,7 +8,10 @@
 //! 3. for each record, its entry in the processed set does not exist: the content has not been
 //!    stored before. The entry is the record's own data key, which ends with its SHA-256
 //!    ([`ProcessedSet::DataKeys`]), or a separate marker when stored data expires before the
-//!    dedupe window does ([`ProcessedSet::Markers`]).
+//!    dedupe window does ([`ProcessedSet::Markers`]);
+//! 4. for each fold window the records fall in, its fold marker is where the committer last
+//!    saw it: no chunk that could already hold one of the records has changed unseen
+//!    ([`folded`]).
 //!
 //! On success it puts each record (under a retention bucket lease), and its marker if there is
 //! one, puts invalid records with their reasons, and deletes the message and its attempt
@@ -29,7 +32,9 @@ use crate::buckets::BucketLeases;
 use crate::claim::{fence_compare, Fence};
 use crate::dedupe::ProcessedSet;
 
+mod folded;
 mod write_set;
+pub use folded::FoldedWindows;
 use telemetry::store::write::{data_key, stored_bytes};
 use write_set::{refused, unique_by_key, Refused};
 
@@ -60,6 +65,7 @@ pub struct Committer {
     keys: Keys,
     processed: ProcessedSet,
     retention: Arc<BucketLeases>,
+    folded: FoldedWindows,
     max_ops: usize,
 }
 
@@ -71,6 +77,7 @@ impl Committer {
         keys: Keys,
         processed: ProcessedSet,
         retention: Arc<BucketLeases>,
+        folded: FoldedWindows,
         max_ops: usize,
     ) -> Self {
         Self {
@@ -78,6 +85,7 @@ impl Committer {
             keys,
             processed,
             retention,
+            folded,
             max_ops,
         }
     }
@@ -98,9 +106,10 @@ impl Committer {
         let (valid, mut duplicates) = unique_by_key(valid);
         let refused = refused(&self.keys, invalid);
         let (mut stored, mut invalid_stored) = (0, 0);
+        let windows = self.folded.ends(valid.iter().copied()).len();
         for chunk in self
             .processed
-            .chunks(valid.len(), invalid.len(), self.max_ops)
+            .chunks(valid.len(), invalid.len(), self.max_ops, windows)
         {
             let records = valid[chunk.valid].to_vec();
             match self
@@ -137,13 +146,34 @@ impl Committer {
     ) -> Result<Outcome, EtcdError> {
         let mut duplicates = 0;
         loop {
+            let mut ends = self.folded.ends(valid.iter().copied());
+            let mut expected = vec![0; ends.len()];
+            if self.folded.any_folded(&ends) {
+                let (held, markers) = self
+                    .folded
+                    .folded_already(&self.client, &self.keys, &ends, &valid)
+                    .await?;
+                let before = valid.len();
+                let mut held = held.into_iter();
+                valid.retain(|_| !held.next().unwrap_or(false));
+                duplicates += before - valid.len();
+                ends = self.folded.ends(valid.iter().copied());
+                expected = ends.iter().map(|e| markers[e]).collect();
+            }
             let marker_lease = match &self.processed {
                 ProcessedSet::DataKeys => None,
                 ProcessedSet::Markers(leases) => Some(leases.current().await?),
             };
             let retention_lease = self.retention.current().await?;
             let leases = (marker_lease, retention_lease);
-            let txn = self.build(fence, msg, &valid, invalid, leases, last);
+            let txn = self.build(
+                fence,
+                msg,
+                (&valid, &ends, &expected),
+                invalid,
+                leases,
+                last,
+            );
             let resp = match self.client.kv_client().txn(txn).await {
                 Ok(r) => r,
                 Err(e) if telemetry::etcd::is_not_found(&e) => {
@@ -193,11 +223,17 @@ impl Committer {
                 Some(Some(m)) if m.mod_revision() == msg.mod_revision => {}
                 _ => return Ok(Outcome::AlreadyDone),
             }
-            let seen: HashSet<&[u8]> = reads[2..].iter().flatten().map(|kv| kv.key()).collect();
+            let (entries, markers) = reads[2..].split_at(valid.len());
+            let seen: HashSet<&[u8]> = entries.iter().flatten().map(|kv| kv.key()).collect();
             let before = valid.len();
             valid.retain(|r| !seen.contains(self.processed_key(r).as_bytes()));
+            let moved = FoldedWindows::moved(&expected, markers);
+            if moved {
+                // Read the chunks on the next try.
+                self.folded.learn(&ends, markers);
+            }
             duplicates += before - valid.len();
-            if before == valid.len() {
+            if before == valid.len() && !moved {
                 // Nothing explains the failure; let the caller retry the message from scratch.
                 return Err(EtcdError::new(
                     "commit",
@@ -211,13 +247,13 @@ impl Committer {
         &self,
         fence: Fence,
         msg: &Claimed,
-        valid: &[&TelemetryRecord],
+        (valid, ends, expected): (&[&TelemetryRecord], &[i64], &[i64]),
         invalid: &[Refused<'_>],
         (marker_lease, retention_lease): (Option<i64>, i64),
         last: bool,
     ) -> Txn {
         let k = &self.keys;
-        let mut compares = Vec::with_capacity(valid.len() + 2);
+        let mut compares = Vec::with_capacity(valid.len() + ends.len() + 2);
         compares.push(fence_compare(k, fence));
         compares.push(Compare::mod_revision(
             msg.key.as_str(),
@@ -278,6 +314,8 @@ impl Committer {
             let json = serde_json::to_vec(&entry).unwrap_or_default();
             success.push(TxnOp::put(key.as_str(), json, retention.clone()));
         }
+        compares.extend(FoldedWindows::compares(k, ends, expected));
+        failure.extend(FoldedWindows::reads(k, ends));
         if last {
             success.push(TxnOp::delete(msg.key.as_str(), None));
             success.push(TxnOp::delete(k.attempts(&msg.message_id), None));

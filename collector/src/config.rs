@@ -79,6 +79,20 @@ pub struct StorageArgs {
     #[arg(long = "storage-check-interval", env = "STORAGE_CHECK_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub check_interval: Duration,
 
+    /// Length of the windows whose samples are folded into one chunk per GPU. Every collector
+    /// must use the same: a commit finds a sample's chunk by it.
+    #[arg(long = "storage-fold-window", env = "STORAGE_FOLD_WINDOW", default_value = "1h", value_parser = parse_duration)]
+    pub fold_window: Duration,
+
+    /// How long after a window's end, by the wall clock, it is folded: late samples that come
+    /// within it are folded with the rest; later ones are merged into the chunk by a later fold.
+    #[arg(long = "storage-fold-after", env = "STORAGE_FOLD_AFTER", default_value = "10m", value_parser = parse_duration)]
+    pub fold_after: Duration,
+
+    /// Whether the maintainer folds closed windows at all (off: the benchmark's baseline).
+    #[arg(long = "storage-fold", env = "STORAGE_FOLD", default_value_t = true, action = clap::ArgAction::Set)]
+    pub fold: bool,
+
     /// Whether this collector stands for election as the storage maintainer. Turning it off
     /// everywhere leaves etcd's history and size unmanaged (the benchmark's baseline).
     #[arg(long = "storage-maintainer", env = "STORAGE_MAINTAINER", default_value_t = true, action = clap::ArgAction::Set)]
@@ -177,6 +191,12 @@ impl Config {
                     s.quota_bytes
                 ));
             }
+        }
+        if s.fold_window < Duration::from_secs(60) || s.fold_window > Duration::from_secs(86_400) {
+            return Err(format!(
+                "STORAGE_FOLD_WINDOW must be between 1m and 24h, got {:?}",
+                s.fold_window
+            ));
         }
         if s.check_interval < Duration::from_millis(100) {
             return Err("STORAGE_CHECK_INTERVAL must be at least 100ms".into());

@@ -64,23 +64,39 @@ impl ProcessedSet {
     }
 
     /// Cuts a message's commit into Txns that fit (see [`chunks`]).
-    pub fn chunks(&self, valid: usize, invalid: usize, max_ops: usize) -> Vec<Chunk> {
-        chunks(self.ops_per_record(), valid, invalid, max_ops)
+    pub fn chunks(
+        &self,
+        valid: usize,
+        invalid: usize,
+        max_ops: usize,
+        windows: usize,
+    ) -> Vec<Chunk> {
+        chunks(self.ops_per_record(), valid, invalid, max_ops, windows)
     }
 }
 
 /// Cuts a message's `valid` records and `invalid` entries into Txns of at most `max_ops`
-/// operations each. Usually one: the streamer sizes messages for one Txn of data keys. With
+/// operations and compares each (a compare per record, one per fold window its records fall
+/// in, and two for the owner and the message). Usually one: the streamer sizes messages for one Txn of data keys. With
 /// markers a message takes two; each stores its records only if their entries are absent, and
 /// only the last deletes the message, so a crash between them leaves the message queued and
 /// its next commit finds the earlier chunk's records already stored.
-pub fn chunks(per_record: usize, valid: usize, invalid: usize, max_ops: usize) -> Vec<Chunk> {
+pub fn chunks(
+    per_record: usize,
+    valid: usize,
+    invalid: usize,
+    max_ops: usize,
+    windows: usize,
+) -> Vec<Chunk> {
     // Every Txn keeps room for the two deletes, so the plan does not depend on which is last.
     let budget = max_ops.saturating_sub(2).max(per_record);
+    let most_valid = (budget / per_record)
+        .min(max_ops.saturating_sub(2 + windows))
+        .max(1);
     let (mut v, mut i) = (0, 0);
     let mut out = Vec::new();
     loop {
-        let nv = (valid - v).min(budget / per_record);
+        let nv = (valid - v).min(most_valid);
         let ni = (invalid - i).min(budget - nv * per_record);
         let last = v + nv == valid && i + ni == invalid;
         out.push(Chunk {
@@ -101,11 +117,11 @@ mod tests {
 
     #[test]
     fn a_full_message_is_one_txn_of_data_keys() {
-        let plan = ProcessedSet::DataKeys.chunks(126, 0, 128);
+        let plan = ProcessedSet::DataKeys.chunks(125, 0, 128, 1);
         assert_eq!(
             plan,
             vec![Chunk {
-                valid: 0..126,
+                valid: 0..125,
                 invalid: 0..0,
                 last: true
             }]
@@ -113,15 +129,25 @@ mod tests {
     }
 
     #[test]
+    fn records_over_several_fold_windows_leave_room_for_their_compares() {
+        let plan = ProcessedSet::DataKeys.chunks(125, 0, 128, 2);
+        assert_eq!(plan.len(), 2);
+        assert!(
+            plan.iter().all(|c| c.valid.len() + 2 + 2 <= 128),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
     fn an_empty_message_still_gets_its_delete() {
-        let plan = ProcessedSet::DataKeys.chunks(0, 0, 128);
+        let plan = ProcessedSet::DataKeys.chunks(0, 0, 128, 1);
         assert_eq!(plan.len(), 1);
         assert!(plan[0].last);
     }
 
     #[test]
     fn with_markers_a_full_message_takes_two_txns_that_each_fit() {
-        let plan = chunks(2, 120, 6, 128);
+        let plan = chunks(2, 120, 6, 128, 1);
         assert_eq!(plan.len(), 2);
         for c in &plan {
             assert!(c.valid.len() * 2 + c.invalid.len() + 2 <= 128, "{c:?}");
@@ -134,7 +160,7 @@ mod tests {
 
     #[test]
     fn invalid_entries_fill_what_records_leave() {
-        let plan = ProcessedSet::DataKeys.chunks(100, 40, 128);
+        let plan = ProcessedSet::DataKeys.chunks(100, 40, 128, 1);
         assert_eq!(plan[0].invalid, 0..26);
         assert_eq!(plan[1].invalid, 26..40);
         assert_eq!(plan.len(), 2);

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::buckets::BucketLeases;
-use crate::commit::Committer;
+use crate::commit::{Committer, FoldedWindows};
 use crate::dedupe::ProcessedSet;
 use crate::lease::KeptLease;
 use etcd_client::Client;
@@ -84,6 +84,7 @@ pub async fn run(
             keys.clone(),
             processed,
             retention.clone(),
+            FoldedWindows::new(storage::Windows::new(cfg.storage.fold_window)),
             cfg.process.queue.max_txn_ops as usize,
         ),
         registry: gpu_registry::GpuRegistry::new(client.clone(), keys.clone(), retention),

@@ -121,11 +121,12 @@ impl QueueArgs {
         self.partitions.unwrap_or(Self::DEFAULT_PARTITIONS)
     }
 
-    /// Records per message, so that its commit is one Txn: a put per record (its data key is
-    /// also its dedupe entry, see `dedupe`), plus the deletes of the message and its attempt
-    /// counter. Fewer, larger Txns are what etcd applies fastest (docs/performance.md).
+    /// Records per message, so that its commit is one Txn: a put and a compare per record (its
+    /// data key is also its dedupe entry, see `dedupe`), plus the deletes of the message and
+    /// its attempt counter, and the compares of its owner, its message and its fold window.
+    /// Fewer, larger Txns are what etcd applies fastest (docs/performance.md).
     pub fn records_per_message(&self) -> usize {
-        (self.max_txn_ops as usize).saturating_sub(2).max(1)
+        (self.max_txn_ops as usize).saturating_sub(3).max(1)
     }
 
     /// Most record bytes in one message. The message must fit one request, and so must its
@@ -143,8 +144,8 @@ mod tests {
     #[test]
     fn records_per_message_fits_one_txn() {
         let q = QueueArgs::default();
-        assert_eq!(q.records_per_message(), 126);
-        assert!(q.records_per_message() + 2 <= q.max_txn_ops as usize);
+        assert_eq!(q.records_per_message(), 125);
+        assert!(q.records_per_message() + 3 <= q.max_txn_ops as usize);
     }
 
     #[test]

@@ -115,6 +115,40 @@ impl Keys {
         )
     }
 
+    /// Every folded chunk: `{prefix}/telemetry/chunks/{hostname}/{gpu_id}/{window end}`, apart
+    /// from the raw samples so that one GPU's chunks are one range in time order, found from
+    /// any instant by the first window that ends after it (docs/storage.md).
+    pub fn chunks_root(&self) -> String {
+        format!("{}/telemetry/chunks/", self.prefix)
+    }
+    /// One GPU's chunks, in time order.
+    pub fn chunks_gpu(&self, hostname: &str, gpu_id: &str) -> String {
+        format!("{}{hostname}/{gpu_id}/", self.chunks_root())
+    }
+    /// The chunk of one GPU's window ending at `end_nanos` (exclusive).
+    pub fn chunk(&self, hostname: &str, gpu_id: &str, end_nanos: i64) -> String {
+        format!(
+            "{}{}",
+            self.chunks_gpu(hostname, gpu_id),
+            key_time(end_nanos)
+        )
+    }
+    /// The chunk prefix of the GPU whose raw prefix is `data_gpu` (same host and index).
+    pub fn chunks_of_data_gpu(&self, data_gpu: &str) -> Option<String> {
+        let rest = data_gpu.strip_prefix(&self.data_root())?;
+        Some(format!("{}{rest}", self.chunks_root()))
+    }
+
+    /// Every window some GPU has been folded in.
+    pub fn folded_root(&self) -> String {
+        format!("{}/storage/folded/", self.prefix)
+    }
+    /// Rewritten by every fold of the window ending at `end_nanos`: a commit that compares its
+    /// mod revision knows no chunk of the window changed since it looked (`collector::commit`).
+    pub fn folded(&self, end_nanos: i64) -> String {
+        format!("{}{}", self.folded_root(), key_time(end_nanos))
+    }
+
     /// The GPU registry.
     pub fn gpus_root(&self) -> String {
         format!("{}/telemetry/gpus/", self.prefix)

@@ -51,6 +51,18 @@ pub fn idempotency_key(r: &TelemetryRecord) -> String {
     hex::encode(Sha256::digest(canonical_form(r).as_bytes()))
 }
 
+/// The `id` of a stored reading: a ULID of the reading's millisecond and the first 80 bits of
+/// its content hash. A function of the content, so a reading keeps its id when it is folded
+/// into a chunk (which keeps the content, not the bytes it arrived with), and the same reading
+/// sent twice has one id. `None` when the key is not a hex hash.
+pub fn content_id(timestamp_nanos: i64, idempotency_key: &str) -> Option<String> {
+    let random = u128::from_str_radix(idempotency_key.get(..20)?, 16).ok()?;
+    let ms = timestamp_nanos
+        .div_euclid(1_000_000)
+        .clamp(0, (1 << 48) - 1) as u64;
+    Some(ulid::Ulid::from_parts(ms, random).to_string())
+}
+
 /// Gives a record its ULID and idempotency key. Call once the content is final.
 pub fn assign_identity(r: &mut TelemetryRecord) {
     if r.id.is_empty() {

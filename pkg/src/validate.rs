@@ -7,7 +7,7 @@
 
 use telemetry_proto::TelemetryRecord;
 
-use crate::record::{idempotency_key, parse_timestamp};
+use crate::record::{content_id, idempotency_key, parse_timestamp};
 
 /// The schema version records are migrated to.
 pub const CURRENT: &str = "v1";
@@ -122,6 +122,9 @@ pub fn admit(schema_version: &str, r: &mut TelemetryRecord) -> Result<(), String
     migrate(schema_version, r)?;
     validate(r)?;
     r.idempotency_key = idempotency_key(r);
+    if let Some(id) = content_id(r.timestamp_unix_nano, &r.idempotency_key) {
+        r.id = id;
+    }
     Ok(())
 }
 

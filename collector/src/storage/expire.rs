@@ -1,18 +1,22 @@
 //! Expiring the oldest samples, to bring the store back under its budget.
 //!
 //! Samples are keyed by GPU, then time, so "the oldest first" is one `DeleteRange` per GPU
-//! below a cutoff time, and etcd counts what each one deleted: the count is exact. The
+//! and tier below a cutoff time: raw samples before it, and the chunks of the windows that end
+//! by it. etcd counts the raw keys each one deleted and returns the chunks, which say how many
+//! samples they held: the count is exact. The
 //! cutoff is the oldest sample's time plus a share of the stored time span, the share of the
 //! space to free; a round that frees too little is followed by another one, a round later.
 
 use chrono::{DateTime, Utc};
-use etcd_client::{Client, Compare, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, DeleteOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+};
 use telemetry::etcd::{Context, EtcdError};
-use telemetry::keys::Keys;
+use telemetry::keys::{key_time_of, Keys};
 use telemetry::store::{time_of, write::expire_before};
 
 /// etcd's default limit of operations per Txn, less the fence.
-const OPS_PER_TXN: usize = 127;
+pub(super) const OPS_PER_TXN: usize = 127;
 
 /// What one expiry did.
 #[derive(Debug, Default)]
@@ -23,7 +27,7 @@ pub(super) struct Expired {
 }
 
 /// The key prefix of every GPU with stored samples (the registry's entries, not its aliases).
-async fn gpu_prefixes(client: &Client, keys: &Keys) -> Result<Vec<String>, EtcdError> {
+pub(super) async fn gpu_prefixes(client: &Client, keys: &Keys) -> Result<Vec<String>, EtcdError> {
     let root = keys.gpus_root();
     let resp = client
         .kv_client()
@@ -43,13 +47,20 @@ async fn gpu_prefixes(client: &Client, keys: &Keys) -> Result<Vec<String>, EtcdE
         .collect())
 }
 
-/// The oldest and newest sample times over every GPU.
+/// The oldest and newest sample times over every GPU, raw or folded (a chunk counts at its
+/// window's end).
 async fn span(
     client: &Client,
+    keys: &Keys,
     gpus: &[String],
 ) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, EtcdError> {
+    let chunk_prefixes: Vec<String> = gpus
+        .iter()
+        .filter_map(|g| keys.chunks_of_data_gpu(g))
+        .collect();
+    let tiers = gpus.iter().chain(&chunk_prefixes).collect::<Vec<_>>();
     let mut span: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
-    for batch in gpus.chunks(OPS_PER_TXN / 2) {
+    for batch in tiers.chunks(OPS_PER_TXN / 2) {
         let ops: Vec<TxnOp> = batch
             .iter()
             .flat_map(|p| {
@@ -74,7 +85,9 @@ async fn span(
             .zip(batch.iter().flat_map(|p| [p, p]));
         for (r, prefix) in firsts {
             let TxnOpResponse::Get(g) = r else { continue };
-            let Some(t) = g.kvs().first().and_then(|kv| time_of(kv.key(), prefix)) else {
+            let Some(t) = g.kvs().first().and_then(|kv| {
+                time_of(kv.key(), prefix).or_else(|| chunk_end_of(kv.key(), prefix))
+            }) else {
                 continue;
             };
             span = Some(match span {
@@ -95,7 +108,7 @@ pub(super) async fn oldest(
     share: f64,
 ) -> Result<Option<Expired>, EtcdError> {
     let gpus = gpu_prefixes(client, keys).await?;
-    let Some((lo, hi)) = span(client, &gpus).await? else {
+    let Some((lo, hi)) = span(client, keys, &gpus).await? else {
         return Ok(Some(Expired::default()));
     };
     let width = ((hi - lo).num_nanoseconds().unwrap_or(i64::MAX) as f64 * share) as i64;
@@ -105,18 +118,52 @@ pub(super) async fn oldest(
         from: Some(lo),
         before: Some(cutoff),
     };
-    for batch in gpus.chunks(OPS_PER_TXN) {
-        let ops: Vec<TxnOp> = batch.iter().map(|p| expire_before(p, cutoff)).collect();
+    for batch in gpus.chunks(OPS_PER_TXN / 2) {
+        let ops: Vec<TxnOp> = batch
+            .iter()
+            .flat_map(|p| {
+                let chunks = keys.chunks_of_data_gpu(p);
+                [
+                    Some(expire_before(p, cutoff)),
+                    chunks.map(|c| chunks_ending_by(&c, cutoff)),
+                ]
+            })
+            .flatten()
+            .collect();
         let txn = Txn::new().when(fence.to_vec()).and_then(ops);
         let resp = client.kv_client().txn(txn).await.ctx("expire samples")?;
         if !resp.succeeded() {
             return Ok(None);
         }
         for r in resp.op_responses() {
-            if let TxnOpResponse::Delete(d) = r {
+            let TxnOpResponse::Delete(d) = r else {
+                continue;
+            };
+            if d.prev_kvs().is_empty() {
                 expired.samples += d.deleted().max(0) as u64;
+            }
+            for kv in d.prev_kvs() {
+                expired.samples += telemetry::store::chunk::count(kv.value()).unwrap_or(0);
             }
         }
     }
     Ok(Some(expired))
+}
+
+/// The window end a chunk key under `chunk_prefix` names.
+fn chunk_end_of(key: &[u8], chunk_prefix: &str) -> Option<DateTime<Utc>> {
+    let rest = std::str::from_utf8(key).ok()?.strip_prefix(chunk_prefix)?;
+    DateTime::parse_from_rfc3339(rest)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// One operation deleting the chunks under `chunk_prefix` whose windows end by `cutoff`,
+/// returning them so that their samples can be counted.
+fn chunks_ending_by(chunk_prefix: &str, cutoff: DateTime<Utc>) -> TxnOp {
+    let end = format!("{chunk_prefix}{}\0", key_time_of(cutoff));
+    TxnOp::delete(
+        chunk_prefix,
+        Some(DeleteOptions::new().with_range(end).with_prev_key()),
+    )
 }

@@ -11,15 +11,18 @@ use telemetry::storage::{self as marks, StorageStatus};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::fold::Folder;
 use super::history::History;
 use super::members::{self, MemberStatus, Members};
-use super::{expire, policy, Leadership};
+use super::{expire, policy, Leadership, Windows};
 use crate::Shared;
 
 /// The same member is defragmented at most this often, unless its file nears the quota.
 const DEFRAG_EVERY: Duration = Duration::from_secs(60);
 /// Without pressure, history is compacted at most this often.
 const COMPACT_EVERY: Duration = Duration::from_secs(10);
+/// One round folds for at most this long, so that it still watches the space.
+const FOLD_FOR: Duration = Duration::from_secs(5);
 
 pub(super) struct Maintainer {
     shared: Arc<Shared>,
@@ -29,6 +32,8 @@ pub(super) struct Maintainer {
     compacted: i64,
     last_compaction: Option<Instant>,
     last_defrag: HashMap<u64, Instant>,
+    /// Each GPU's newest raw revision at the last fold pass (see `fold::Folder::quiet`).
+    quiet: HashMap<String, i64>,
     status: StorageStatus,
 }
 
@@ -58,6 +63,7 @@ impl Maintainer {
             compacted: 0,
             last_compaction: None,
             last_defrag: HashMap::new(),
+            quiet: HashMap::new(),
             status,
             shared,
             leader,
@@ -132,6 +138,10 @@ impl Maintainer {
                 self.compact(rev, "STORAGE_HISTORY").await?;
             }
         }
+        let mut behind = false;
+        if alarmed.is_empty() && self.shared.cfg.storage.fold {
+            behind = self.fold().await?;
+        }
         self.defragment(&seen, &alarmed).await?;
         if !alarmed.is_empty() {
             seen = self.look().await?;
@@ -139,6 +149,7 @@ impl Maintainer {
         }
         self.publish(&seen).await?;
         Ok(short(&seen, marks::COMPACT_NOW)
+            || behind
             || !alarmed.is_empty()
             || seen.file as f64 >= marks::FILE_LIMIT * quota as f64)
     }
@@ -234,6 +245,40 @@ impl Maintainer {
             );
         }
         Ok(())
+    }
+
+    /// Folds closed windows for at most [`FOLD_FOR`]; `true` when some were left for later.
+    async fn fold(&mut self) -> Result<bool, Stop> {
+        if matches!(self.leader, Leadership::Emergency) {
+            return Ok(false);
+        }
+        let cfg = &self.shared.cfg.storage;
+        let after = i64::try_from(cfg.fold_after.as_nanos()).unwrap_or(i64::MAX);
+        let lease = self.shared.committer.retention().current().await?;
+        let fence = self.leader.fence();
+        let mut folder = Folder {
+            client: &self.shared.client,
+            keys: &self.shared.keys,
+            fence: &fence,
+            windows: Windows::new(cfg.fold_window),
+            closed_before: telemetry::record::now_nanos().saturating_sub(after),
+            lease,
+            quiet: &mut self.quiet,
+        };
+        let done = folder.pass(Instant::now() + FOLD_FOR).await?;
+        if done.chunks > 0 {
+            self.status.samples_folded += done.samples;
+            self.status.chunks_written += done.chunks;
+            ::metrics::counter!("samples_folded").increment(done.samples);
+            ::metrics::counter!("chunks_written").increment(done.chunks);
+            tracing::debug!(
+                samples = done.samples,
+                chunks = done.chunks,
+                deferred = done.deferred,
+                "folded closed windows"
+            );
+        }
+        Ok(done.deferred > 0 && done.chunks > 0)
     }
 
     /// Defragments at most one member a round: one whose alarm is raised, whose file nears

@@ -9,10 +9,14 @@
 //! maintainer checks that it still leads before each.
 
 mod expire;
+mod fold;
 mod history;
 mod maintainer;
 mod members;
 mod policy;
+mod window;
+
+pub use window::Windows;
 
 use std::sync::Arc;
 use std::time::Duration;

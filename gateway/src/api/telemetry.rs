@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use telemetry::entries::TelemetryEntry;
 use telemetry::keys::key_time_of;
+use telemetry::store::read::chunk_rows;
 use telemetry::store::scan;
 
 use super::{ok, param, typed_param, Page, Params};
@@ -187,13 +188,47 @@ fn json(body: Bytes, cache: &'static str) -> Response {
         .into_response()
 }
 
-/// Up to `want` entries of one GPU (its key prefix) with key suffix in `[from, to)`, filtered
-/// by metric.
+/// Up to `want` entries of one GPU (its raw key prefix) with key suffix in `[from, to)`,
+/// filtered by metric: the raw tier's and the folded chunks' first `want` each, read at one
+/// revision and merged in key-suffix order, which is the same whichever tier a sample is in.
 async fn read_gpu(
     s: &AppState,
     prefix: &str,
     from: &str,
     to: &str,
+    metric: Option<&str>,
+    want: usize,
+    revision: i64,
+) -> Result<(Vec<(String, TelemetryEntry)>, i64), AppError> {
+    let (mut out, revision) = read_raw(s, prefix, (from, to), metric, want, revision).await?;
+    if let Some(chunks) = s.keys.chunks_of_data_gpu(prefix) {
+        let folded = super::etcd_read(chunk_rows(
+            &s.client,
+            &chunks,
+            (from, to),
+            metric,
+            want,
+            revision,
+        ))
+        .await?;
+        if !folded.is_empty() {
+            out.extend(
+                folded
+                    .into_iter()
+                    .map(|(suffix, r)| (suffix, TelemetryEntry::from(&r))),
+            );
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            out.truncate(want);
+        }
+    }
+    Ok((out, revision))
+}
+
+/// The raw tier's part of [`read_gpu`]; pins the revision when it is 0.
+async fn read_raw(
+    s: &AppState,
+    prefix: &str,
+    (from, to): (&str, &str),
     metric: Option<&str>,
     want: usize,
     mut revision: i64,

@@ -59,6 +59,12 @@ pub struct StorageStatus {
     pub compacted_revision: i64,
     /// Samples expired to keep under the budget, since this maintainer was elected.
     pub samples_expired_budget: u64,
+    /// Raw samples folded into chunks, since this maintainer was elected.
+    #[serde(default)]
+    pub samples_folded: u64,
+    /// Chunks written (a window folded again to merge late samples counts again).
+    #[serde(default)]
+    pub chunks_written: u64,
     /// Compactions and defragmentations done by this maintainer.
     pub compactions: u64,
     /// Defragmentations done by this maintainer.

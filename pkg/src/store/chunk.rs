@@ -127,43 +127,128 @@ pub fn fold(records: &[TelemetryRecord]) -> Result<Vec<u8>, ChunkError> {
     .encode_to_vec())
 }
 
+/// How many samples a chunk holds, without decompressing it.
+pub fn count(bytes: &[u8]) -> Option<u64> {
+    Chunk::decode(bytes).ok().map(|c| u64::from(c.count))
+}
+
 /// The records of a chunk, in the order they were folded, without `id` and `idempotency_key`.
 pub fn unfold(bytes: &[u8]) -> Result<Vec<TelemetryRecord>, ChunkError> {
-    let chunk = Chunk::decode(bytes)?;
-    let n = chunk.count as usize;
-    let times: Vec<i64> = decompress("times", &chunk.times)?;
-    let rows: Vec<u32> = decompress("rows", &chunk.rows)?;
-    if times.len() != n || rows.len() != n {
-        return Err(ChunkError::Shape(format!(
-            "{n} samples but {} times and {} rows",
-            times.len(),
-            rows.len()
-        )));
-    }
-    let mut values = Vec::with_capacity(chunk.series.len());
-    for s in &chunk.series {
-        if chunk.templates.get(s.template as usize).is_none() {
-            return Err(ChunkError::Shape(format!("no template {}", s.template)));
+    let chunk = Decoded::new(bytes)?;
+    Ok((0..chunk.len()).map(|i| chunk.record(i)).collect())
+}
+
+/// A chunk with its columns decompressed and its records not yet built: a reader that wants
+/// a hundred samples of a window builds a hundred records, not the window's thousands.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    templates: Vec<TelemetryRecord>,
+    /// Each series' template and metric.
+    series: Vec<(usize, String)>,
+    times: Vec<i64>,
+    rows: Vec<u32>,
+    /// Each row's value, in row order.
+    values: Vec<f64>,
+}
+
+impl Decoded {
+    /// Decompresses a chunk's columns; an error for bytes that are not a consistent chunk.
+    pub fn new(bytes: &[u8]) -> Result<Self, ChunkError> {
+        let chunk = Chunk::decode(bytes)?;
+        let n = chunk.count as usize;
+        let times: Vec<i64> = decompress("times", &chunk.times)?;
+        let rows: Vec<u32> = decompress("rows", &chunk.rows)?;
+        if times.len() != n || rows.len() != n {
+            return Err(ChunkError::Shape(format!(
+                "{n} samples but {} times and {} rows",
+                times.len(),
+                rows.len()
+            )));
         }
-        values.push(decompress::<f64>("values", &s.values)?.into_iter());
+        let mut columns = Vec::with_capacity(chunk.series.len());
+        let mut series = Vec::with_capacity(chunk.series.len());
+        for s in chunk.series {
+            if chunk.templates.get(s.template as usize).is_none() {
+                return Err(ChunkError::Shape(format!("no template {}", s.template)));
+            }
+            columns.push(decompress::<f64>("values", &s.values)?.into_iter());
+            series.push((s.template as usize, s.metric));
+        }
+        let mut values = Vec::with_capacity(n);
+        for &row in &rows {
+            let value = columns
+                .get_mut(row as usize)
+                .ok_or_else(|| ChunkError::Shape(format!("no series {row}")))?
+                .next()
+                .ok_or_else(|| ChunkError::Shape(format!("series {row} ran out of values")))?;
+            values.push(value);
+        }
+        Ok(Self {
+            templates: chunk.templates,
+            series,
+            times,
+            rows,
+            values,
+        })
     }
-    let mut out = Vec::with_capacity(n);
-    for (time, row) in times.into_iter().zip(rows) {
-        let series = chunk
-            .series
-            .get(row as usize)
-            .ok_or_else(|| ChunkError::Shape(format!("no series {row}")))?;
-        let value = values[row as usize]
-            .next()
-            .ok_or_else(|| ChunkError::Shape(format!("series {row} ran out of values")))?;
-        out.push(TelemetryRecord {
-            timestamp_unix_nano: time,
-            metric: series.metric.clone(),
-            value,
-            ..chunk.templates[series.template as usize].clone()
-        });
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.times.len()
     }
-    Ok(out)
+
+    /// Whether it holds no sample.
+    pub fn is_empty(&self) -> bool {
+        self.times.is_empty()
+    }
+
+    /// Each sample's time (Unix nanoseconds), in row order.
+    pub fn times(&self) -> &[i64] {
+        &self.times
+    }
+
+    /// Sample `i`'s metric.
+    pub fn metric(&self, i: usize) -> &str {
+        &self.series[self.rows[i] as usize].1
+    }
+
+    /// Sample `i`'s value.
+    pub fn value(&self, i: usize) -> f64 {
+        self.values[i]
+    }
+
+    /// Sample `i` as folded, without `id` and `idempotency_key`.
+    pub fn record(&self, i: usize) -> TelemetryRecord {
+        let (template, metric) = &self.series[self.rows[i] as usize];
+        TelemetryRecord {
+            timestamp_unix_nano: self.times[i],
+            metric: metric.clone(),
+            value: self.values[i],
+            ..self.templates[*template].clone()
+        }
+    }
+
+    /// Sample `i` as it was stored raw: with its content hash and the id derived from it.
+    pub fn identified(&self, i: usize) -> TelemetryRecord {
+        let mut r = self.record(i);
+        r.idempotency_key = crate::record::idempotency_key(&r);
+        r.id = crate::record::content_id(r.timestamp_unix_nano, &r.idempotency_key)
+            .unwrap_or_default();
+        r
+    }
+
+    /// The rows at time `t` (rows are in time order).
+    pub fn at(&self, t: i64) -> std::ops::Range<usize> {
+        self.times.partition_point(|&x| x < t)..self.times.partition_point(|&x| x <= t)
+    }
+
+    /// Whether a sample with `r`'s content hash is in the chunk: only the rows of its time and
+    /// metric are hashed.
+    pub fn contains(&self, r: &TelemetryRecord) -> bool {
+        self.at(r.timestamp_unix_nano)
+            .filter(|&i| self.metric(i) == r.metric)
+            .any(|i| crate::record::idempotency_key(&self.record(i)) == r.idempotency_key)
+    }
 }
 
 #[cfg(test)]

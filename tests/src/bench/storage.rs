@@ -119,7 +119,7 @@ pub async fn soak(csv: &Path, samples: u64) -> Soak {
     s.samples_expired_budget = counter_sum(&[port], "samples_expired").await as u64;
     s.compactions = counter_sum(&[port], "compactions").await as u64;
     s.defrags = counter_sum(&[port], "defrags").await as u64;
-    s.stored_at_end = crate::services::count(&client, "/soak/telemetry/data/").await;
+    s.stored_at_end = crate::checks::stored(&client, "/soak/telemetry/data/").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let alarms = client
         .clone()

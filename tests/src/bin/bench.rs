@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use pipeline_tests::bench::{ceiling, memory, query, scenarios, Report};
-use pipeline_tests::services::count;
 use pipeline_tests::EtcdCluster;
 
 const ETCD_ARGS: [&str; 2] = ["--quota-backend-bytes", "8589934592"];
@@ -155,7 +154,7 @@ async fn main() {
 
         eprintln!("[5/6] gateway queries");
         let client = etcd.client().await;
-        let stored = count(&client, "/bench/telemetry/data/").await;
+        let stored = pipeline_tests::checks::stored(&client, "/bench/telemetry/data/").await;
         report.query = Some(query::query(&eps, "/bench", stored, if quick { 5 } else { 10 }).await);
         if stored < 1_000_000 {
             report.notes.push(format!(

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use pipeline_tests::checks::stored;
 use pipeline_tests::checks::{checksum, csv_records, doubles, stored_records};
 use pipeline_tests::process::{free_port, signal_pid};
 use pipeline_tests::services::{
@@ -123,7 +124,7 @@ async fn four_collectors_store_everything_once_through_sigkill_and_sigstop() {
     let data = format!("{prefix}/telemetry/data/");
     assert!(
         wait_until(Duration::from_secs(60), || async {
-            count(&client, &data).await >= 5_000
+            stored(&client, &data).await >= 5_000
         })
         .await
     );
@@ -131,7 +132,7 @@ async fn four_collectors_store_everything_once_through_sigkill_and_sigstop() {
     let _ = procs[0].child.wait();
     assert!(
         wait_until(Duration::from_secs(60), || async {
-            count(&client, &data).await >= 15_000
+            stored(&client, &data).await >= 15_000
         })
         .await
     );
@@ -200,7 +201,7 @@ async fn killing_the_etcd_leader_mid_run_loses_nothing() {
     let data = format!("{prefix}/telemetry/data/");
     assert!(
         wait_until(Duration::from_secs(60), || async {
-            count(&client, &data).await >= 5_000
+            stored(&client, &data).await >= 5_000
         })
         .await
     );

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use etcd_client::GetOptions;
+use pipeline_tests::checks::stored;
 use pipeline_tests::services::{count, init_tracing, start_collector, unique_prefix, wait_until};
 use pipeline_tests::EtcdCluster;
 use prost::Message as _;
@@ -79,7 +80,7 @@ async fn invalid_records_are_kept_with_their_reasons_and_bad_messages_are_dead_l
     let mut reasons: Vec<&str> = invalid.iter().map(|e| e.reason.as_str()).collect();
     reasons.sort();
     assert_eq!(invalid.len(), 4, "{reasons:?}");
-    assert_eq!(count(&client, &keys.data_root()).await, 2);
+    assert_eq!(stored(&client, &keys.data_root()).await, 2);
     assert!(reasons.iter().any(|r| r.contains("not a number")));
     assert!(reasons.iter().any(|r| r.contains("hostname")));
     assert!(reasons.iter().any(|r| r.contains("bad timestamp")));
@@ -174,7 +175,7 @@ async fn a_message_that_keeps_failing_goes_to_the_dead_letter_queue_after_max_re
         dead[0].reason
     );
     assert_eq!(count(&client, &keys.queue_root()).await, 0);
-    assert_eq!(count(&client, &keys.data_root()).await, 0);
+    assert_eq!(stored(&client, &keys.data_root()).await, 0);
     assert!(collector::Counters::get(&stats.database_errors) >= 3);
     let decoded =
         QueueMessage::decode(hex::decode(&dead[0].payload_hex).unwrap().as_slice()).unwrap();
@@ -222,7 +223,7 @@ async fn invalid_records_that_share_an_id_are_all_kept_and_the_good_ones_stored(
         .await
     );
     assert_eq!(
-        count(&client, &keys.data_root()).await,
+        stored(&client, &keys.data_root()).await,
         2,
         "the good records"
     );

@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use collector::buckets::BucketLeases;
 use collector::claim::Claims;
-use collector::commit::{Claimed, Committer, Outcome};
+use collector::commit::{Claimed, Committer, FoldedWindows, Outcome};
 use collector::dedupe::ProcessedSet;
+use collector::storage::Windows;
 use etcd_client::GetOptions;
+use pipeline_tests::checks::stored;
 use pipeline_tests::checks::{checksum, csv_records, stored_records};
 use pipeline_tests::services::{
     count, init_tracing, start_collector, stream_csv, unique_prefix, wait_until,
@@ -70,6 +72,7 @@ async fn a_collector_whose_lease_expired_cannot_commit() {
             "retention",
             Duration::from_secs(3600),
         )),
+        FoldedWindows::new(Windows::new(Duration::from_secs(3600))),
         128,
     );
 
@@ -121,7 +124,7 @@ async fn a_collector_whose_lease_expired_cannot_commit() {
         .await
         .unwrap();
     assert_eq!(late, Outcome::Fenced);
-    assert_eq!(count(&client, &keys.data_root()).await, 0);
+    assert_eq!(stored(&client, &keys.data_root()).await, 0);
     assert_eq!(count(&client, &keys.dedupe("")).await, 0);
     assert_eq!(count(&client, &keys.queue_root()).await, 1);
 
@@ -138,7 +141,7 @@ async fn a_collector_whose_lease_expired_cannot_commit() {
             invalid: 0
         }
     );
-    assert_eq!(count(&client, &keys.data_root()).await, 10);
+    assert_eq!(stored(&client, &keys.data_root()).await, 10);
     assert_eq!(count(&client, &keys.queue_root()).await, 0);
 
     // A retries again: still refused; B retries: the message is already done.
@@ -156,7 +159,7 @@ async fn a_collector_whose_lease_expired_cannot_commit() {
             .unwrap(),
         Outcome::AlreadyDone
     );
-    assert_eq!(count(&client, &keys.data_root()).await, 10);
+    assert_eq!(stored(&client, &keys.data_root()).await, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +192,7 @@ async fn same_csv_twice(name: &str, tweak: impl FnOnce(&mut collector::Config)) 
     stream_csv(etcd.endpoints(), &prefix, &[&sample_csv()]).await;
     assert!(
         wait_until(Duration::from_secs(60), || async {
-            count(&client, &data).await == 2470
+            stored(&client, &data).await == 2470
         })
         .await
     );
@@ -207,7 +210,7 @@ async fn same_csv_twice(name: &str, tweak: impl FnOnce(&mut collector::Config)) 
         .await
     );
 
-    assert_eq!(count(&client, &data).await, 2470);
+    assert_eq!(stored(&client, &data).await, 2470);
     assert_eq!(collector::Counters::get(&stats.stored), 2470);
     assert_eq!(
         collector::Counters::get(&stats.duplicates),
@@ -271,7 +274,7 @@ async fn an_idle_collector_takes_new_messages_from_its_watch_without_waiting_for
             "message {batch} stored well before the 600 s rescan"
         );
     }
-    assert_eq!(count(&client, &keys.data_root()).await, 100);
+    assert_eq!(stored(&client, &keys.data_root()).await, 100);
     assert_eq!(count(&client, &keys.queue_root()).await, 0);
     collector.shutdown().await.unwrap();
 }

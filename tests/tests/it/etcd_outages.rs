@@ -5,6 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use pipeline_tests::checks::stored;
 use pipeline_tests::checks::{checksum, csv_records, doubles, stored_records};
 use pipeline_tests::process::signal_pid;
 use pipeline_tests::services::{
@@ -53,14 +54,14 @@ async fn after_an_etcd_restart_collectors_reclaim_their_partitions_without_waiti
     let data = format!("{prefix}/telemetry/data/");
     // The old lease lives another TTL after the restart; stored well inside it means the
     // partitions were reclaimed without waiting for it.
-    let stored = wait_until(ttl * 2 / 3, || async {
-        count(&client, &data).await == 2470
+    let all_stored = wait_until(ttl * 2 / 3, || async {
+        stored(&client, &data).await == 2470
     })
     .await;
     assert!(
-        stored,
+        all_stored,
         "stored {} of 2470 within {:?} of the restart; collector log:\n{}",
-        count(&client, &data).await,
+        stored(&client, &data).await,
         restarted.elapsed(),
         collector.stderr()
     );
@@ -105,7 +106,7 @@ async fn an_etcd_frozen_past_the_lease_loses_and_doubles_nothing_and_the_live_st
     let data = format!("{prefix}/telemetry/data/");
     assert!(
         wait_until(Duration::from_secs(60), || async {
-            count(&client, &data).await >= 2_000
+            stored(&client, &data).await >= 2_000
         })
         .await
     );
@@ -184,11 +185,11 @@ async fn processes_started_on_a_cluster_without_quorum_wait_for_it_and_then_work
     let data = format!("{prefix}/telemetry/data/");
     assert!(
         wait_until(Duration::from_secs(60), || async {
-            count(&client, &data).await == 2470
+            stored(&client, &data).await == 2470
         })
         .await,
         "stored {} of 2470",
-        count(&client, &data).await
+        stored(&client, &data).await
     );
     assert!(matches!(
         get(&format!("http://{admin}/ready")).await,

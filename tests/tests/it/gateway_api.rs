@@ -5,8 +5,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use pipeline_tests::checks::stored;
 use pipeline_tests::services::{
-    count, init_tracing, start_collector, start_gateway, stream_csv, unique_prefix, wait_until,
+    init_tracing, start_collector, start_gateway, stream_csv, unique_prefix, wait_until,
 };
 use pipeline_tests::{sample_csv, EtcdCluster};
 use serde_json::Value;
@@ -25,7 +26,7 @@ pub(crate) async fn load_real_csv(name: &str) -> Loaded {
     let data = format!("{prefix}/telemetry/data/");
     assert!(
         wait_until(Duration::from_secs(60), || async {
-            count(&client, &data).await == 2470
+            stored(&client, &data).await == 2470
         })
         .await
     );

@@ -4,8 +4,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
+use pipeline_tests::checks::stored;
 use pipeline_tests::services::{
-    count, init_tracing, start_collector, start_gateway, stream_csv, unique_prefix, wait_until,
+    init_tracing, start_collector, start_gateway, stream_csv, unique_prefix, wait_until,
 };
 use pipeline_tests::{sample_csv, EtcdCluster};
 use serde_json::Value;
@@ -51,7 +52,7 @@ async fn the_live_stream_delivers_new_records_filters_them_and_replays_from_a_re
     let data = format!("{prefix}/telemetry/data/");
     assert!(
         wait_until(Duration::from_secs(20), || async {
-            count(&client, &data).await == 1
+            stored(&client, &data).await == 1
         })
         .await
     );
@@ -233,7 +234,7 @@ async fn a_client_past_ws_max_dropped_is_closed_before_any_ping_would_notice() {
     let data = format!("{prefix}/telemetry/data/");
     assert!(
         wait_until(Duration::from_secs(60), || async {
-            count(&client, &data).await == 24_700
+            stored(&client, &data).await == 24_700
         })
         .await
     );

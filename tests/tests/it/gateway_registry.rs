@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use pipeline_tests::checks::stored;
 use pipeline_tests::services::{
-    count, init_tracing, start_collector, start_gateway, stream_csv, unique_prefix, wait_until,
+    init_tracing, start_collector, start_gateway, stream_csv, unique_prefix, wait_until,
 };
 use pipeline_tests::EtcdCluster;
 
@@ -88,7 +89,7 @@ async fn a_pushed_record_cannot_remap_a_gpus_identity_or_hide_its_data() {
     let data = format!("{}/telemetry/data/", l.prefix);
     assert!(
         wait_until(Duration::from_secs(30), || async {
-            count(&client, &data).await == 2472
+            stored(&client, &data).await == 2472
         })
         .await
     );

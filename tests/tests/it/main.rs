@@ -5,6 +5,7 @@ mod collector_faults;
 mod collector_invalid;
 mod collector_protocol;
 mod etcd_outages;
+mod folding;
 mod gateway_api;
 mod gateway_cache;
 mod gateway_limits;

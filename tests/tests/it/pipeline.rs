@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use pipeline_tests::checks::stored;
 use pipeline_tests::services::{
     count, init_tracing, start_collector, start_gateway, stream_csv, unique_prefix, wait_until,
 };
@@ -30,11 +31,11 @@ async fn real_csv_flows_through_all_three_services() {
     let data = format!("{prefix}/telemetry/data/");
     assert!(
         wait_until(Duration::from_secs(60), || async {
-            count(&client, &data).await == 2470
+            stored(&client, &data).await == 2470
         })
         .await,
         "expected 2470 stored records, found {}",
-        count(&client, &data).await
+        stored(&client, &data).await
     );
     assert_eq!(
         count(&client, &format!("{prefix}/queue/msg/")).await,

@@ -4,8 +4,9 @@
 use std::process::Command;
 use std::time::Duration;
 
+use pipeline_tests::checks::stored;
 use pipeline_tests::process::{free_port, Proc};
-use pipeline_tests::services::{binary, count, unique_prefix, wait_until};
+use pipeline_tests::services::{binary, unique_prefix, wait_until};
 use pipeline_tests::{sample_csv, EtcdCluster};
 
 /// A binary with the pipeline's environment and nothing else of ours.
@@ -161,11 +162,15 @@ async fn two_collectors_and_two_streamers_run_side_by_side_on_one_host() {
     }
     let client = etcd.client().await;
     let data = format!("{prefix}/telemetry/data/");
-    let stored = wait_until(Duration::from_secs(60), || async {
-        count(&client, &data).await == 2470
+    let all_stored = wait_until(Duration::from_secs(60), || async {
+        stored(&client, &data).await == 2470
     })
     .await;
-    assert!(stored, "stored {} of 2470", count(&client, &data).await);
+    assert!(
+        all_stored,
+        "stored {} of 2470",
+        stored(&client, &data).await
+    );
     for p in collectors.iter().chain(&streamers) {
         assert!(
             !p.stderr().contains("Address already in use"),
@@ -277,11 +282,15 @@ async fn the_partition_count_belongs_to_the_queue_and_a_mismatch_is_refused() {
     let _collector = Proc::spawn("collector", &mut cmd("collector", &eps, &prefix));
     let client = etcd.client().await;
     let data = format!("{prefix}/telemetry/data/");
-    let stored = wait_until(Duration::from_secs(60), || async {
-        count(&client, &data).await == 2470
+    let all_stored = wait_until(Duration::from_secs(60), || async {
+        stored(&client, &data).await == 2470
     })
     .await;
-    assert!(stored, "stored {} of 2470", count(&client, &data).await);
+    assert!(
+        all_stored,
+        "stored {} of 2470",
+        stored(&client, &data).await
+    );
 
     // A count that is not a number is a setting to fix, named with its key: exit 2 at once, not
     // an etcd failure retried until ETCD_STARTUP_TIMEOUT.

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use etcd_client::{AlarmAction, AlarmType, Client};
+use pipeline_tests::checks::stored;
 use pipeline_tests::process::{free_port, Proc};
 use pipeline_tests::services::{count, unique_prefix, wait_until};
 use pipeline_tests::{sample_csv, EtcdCluster};
@@ -190,7 +191,7 @@ async fn a_burst_far_past_a_small_quota_is_stored_or_expired_and_never_stays_ful
         "the NOSPACE alarm stayed raised: {}",
         coll.stderr()
     );
-    let stored = count(&client, &format!("{prefix}/telemetry/data/")).await as u64;
+    let stored = stored(&client, &format!("{prefix}/telemetry/data/")).await as u64;
     let invalid = count(&client, &format!("{prefix}/telemetry/invalid/")).await as u64;
     let expired = metric(&admin, "samples_expired{reason=\"budget\"}")
         .await
@@ -265,11 +266,11 @@ async fn nospace_raised_from_outside_heals_without_an_operator_and_loses_nothing
     let data = format!("{prefix}/telemetry/data/");
     assert!(
         wait_until(Duration::from_secs(60), || async {
-            count(&client, &data).await == 2_470
+            stored(&client, &data).await == 2_470
         })
         .await,
         "stored {} of 2,470: {}",
-        count(&client, &data).await,
+        stored(&client, &data).await,
         coll.stderr()
     );
     assert_eq!(count(&client, &format!("{prefix}/queue/dead/")).await, 0);

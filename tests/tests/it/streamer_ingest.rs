@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use pipeline_tests::services::{count, init_tracing, start_collector, unique_prefix, wait_until};
+use pipeline_tests::checks::stored;
+use pipeline_tests::services::{init_tracing, start_collector, unique_prefix, wait_until};
 use pipeline_tests::EtcdCluster;
 use serde_json::{json, Value};
 use streamer::{Config, Counters};
@@ -196,11 +197,11 @@ async fn oversized_and_non_finite_records_are_refused_at_the_door_and_the_good_o
     let data = format!("{prefix}/telemetry/data/");
     assert!(
         wait_until(Duration::from_secs(30), || async {
-            count(&client, &data).await == 5
+            stored(&client, &data).await == 5
         })
         .await,
         "the five good records are stored: {}",
-        count(&client, &data).await
+        stored(&client, &data).await
     );
     let counters = s.stop().await;
     assert_eq!(

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use pipeline_tests::checks::stored;
 use pipeline_tests::checks::stored_records;
-use pipeline_tests::services::{count, init_tracing, start_collector, unique_prefix, wait_until};
+use pipeline_tests::services::{init_tracing, start_collector, unique_prefix, wait_until};
 use pipeline_tests::EtcdCluster;
 use serde_json::json;
 use streamer::{Config, Counters, Listeners};
@@ -165,7 +166,7 @@ async fn one_reading_from_every_source_has_one_identity_and_is_stored_once() {
     let data = format!("{prefix}/telemetry/data/");
     assert!(
         wait_until(Duration::from_secs(30), || async {
-            count(&client, &data).await == 5
+            stored(&client, &data).await == 5
         })
         .await,
         "1 shared + 4 distinct readings"
@@ -176,7 +177,7 @@ async fn one_reading_from_every_source_has_one_identity_and_is_stored_once() {
         dups, 3,
         "the shared reading arrived four times and was kept once"
     );
-    assert_eq!(count(&client, &data).await, 5);
+    assert_eq!(stored(&client, &data).await, 5);
     collector.shutdown().await.unwrap();
 }
 
@@ -204,7 +205,7 @@ async fn nvidia_smi_output_is_mapped_and_na_fields_are_counted_not_stored() {
     let data = format!("{prefix}/telemetry/data/");
     assert!(
         wait_until(Duration::from_secs(30), || async {
-            count(&client, &data).await == 14
+            stored(&client, &data).await == 14
         })
         .await,
         "8 + 6 readings"

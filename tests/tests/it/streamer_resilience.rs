@@ -4,6 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use pipeline_tests::checks::stored;
 use pipeline_tests::checks::{checksum, csv_records, doubles, stored_records};
 use pipeline_tests::services::{
     binary, count, init_tracing, start_collector, unique_prefix, wait_until,
@@ -64,7 +65,7 @@ async fn backpressure_engages_when_the_queue_is_deep_and_releases_when_it_drains
     let data = format!("{prefix}/telemetry/data/");
     assert!(
         wait_until(Duration::from_secs(60), || async {
-            count(&client, &data).await == 2470
+            stored(&client, &data).await == 2470
         })
         .await,
         "released and finished"
