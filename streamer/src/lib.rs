@@ -85,7 +85,7 @@ async fn report_progress(total_bytes: u64, counters: Arc<Counters>, stop: Cancel
 fn sources(cfg: &Config) -> Result<Vec<Box<dyn Source>>, BadSetting> {
     let mut out: Vec<Box<dyn Source>> = Vec::new();
     if !cfg.csv.is_empty() {
-        for p in &cfg.csv {
+        for p in cfg.csv.iter().filter(|p| !source::csv::is_stream(p)) {
             source::csv::open(p).map_err(|e| BadSetting(format!("--csv: {e}")))?;
         }
         out.push(Box::new(source::csv::CsvSource {

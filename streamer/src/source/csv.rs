@@ -1,9 +1,11 @@
 //! DCGM CSV files: one pass, or forever with `--loop`. Reading is synchronous file I/O, so it
 //! runs on a blocking thread and hands rows over as it goes: memory stays flat whatever the
-//! file's size.
+//! file's size. `-` is standard input, read once (`streamer generate --out - | streamer --csv -`
+//! streams a fleet larger than any file one would keep), and a path may be a named pipe: it
+//! is opened once, not checked at start-up by an open that would consume it.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::path::PathBuf;
 
 use crate::dcgm_csv::DcgmCsvReader;
@@ -19,14 +21,25 @@ pub struct CsvSource {
     pub stamp_now: bool,
 }
 
-/// Opens a file and reads its header, so a bad path fails at start-up with its name.
-pub fn open(path: &PathBuf) -> Result<DcgmCsvReader<BufReader<File>>, SourceError> {
+/// Whether `path` is read once as a stream (standard input, or a named pipe).
+pub fn is_stream(path: &PathBuf) -> bool {
+    use std::os::unix::fs::FileTypeExt as _;
+    path.as_os_str() == "-" || std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo())
+}
+
+/// Opens a file (`-`: standard input) and reads its header, so a bad path fails at start-up
+/// with its name.
+pub fn open(path: &PathBuf) -> Result<DcgmCsvReader<BufReader<Box<dyn Read + Send>>>, SourceError> {
     let unreadable = |reason: String| SourceError::Unreadable {
         path: path.display().to_string(),
         reason,
     };
-    let file = File::open(path).map_err(|e| unreadable(e.to_string()))?;
-    DcgmCsvReader::new(BufReader::with_capacity(256 * 1024, file))
+    let input: Box<dyn Read + Send> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(File::open(path).map_err(|e| unreadable(e.to_string()))?)
+    };
+    DcgmCsvReader::new(BufReader::with_capacity(256 * 1024, input))
         .map_err(|e| unreadable(e.to_string()))
 }
 
@@ -79,7 +92,7 @@ impl CsvSource {
                     }
                 }
             }
-            if !self.looping || stop.is_cancelled() {
+            if !self.looping || stop.is_cancelled() || self.paths.iter().any(is_stream) {
                 return Ok(());
             }
             tracing::debug!(pass, "CSV pass complete; starting again");

@@ -6,6 +6,7 @@
 pub mod ceiling;
 pub mod codec;
 pub mod etcd_disk;
+pub mod fold;
 pub mod memory;
 pub mod procs;
 pub mod query;

@@ -28,7 +28,7 @@ pub async fn query(endpoints: &[String], prefix: &str, stored: i64, secs: u64) -
 }
 
 /// Starts a gateway with `QUERY_CACHE_MB=cache_mb` and loads it: (tool, (req/s, p99 ms)).
-async fn load_gateway(
+pub(super) async fn load_gateway(
     endpoints: &[String],
     prefix: &str,
     secs: u64,

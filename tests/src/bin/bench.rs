@@ -36,6 +36,11 @@ struct Args {
     /// Samples the storage soak processes.
     #[arg(long, default_value_t = 20_000_000)]
     soak_samples: u64,
+    /// Only folding (`make bench-folding`): ingest with folding on against off and against
+    /// etcd's ceiling, a soak of --soak-samples on a 256 MiB quota with the bytes per sample at
+    /// rest against Prometheus's TSDB, and queries over the folded store.
+    #[arg(long)]
+    folding: bool,
     /// Only the chunk codec: a generated fleet (31 hosts × 8 GPUs × 1,200 steps of 1 s) folded
     /// per GPU, and its series encoded with pco and with Gorilla's encoding.
     #[arg(long)]
@@ -62,8 +67,13 @@ async fn main() {
         storage,
         soak_samples,
         codecs,
+        folding,
         rounds,
     } = Args::parse();
+    if folding {
+        pipeline_tests::bench::fold::run(quick, soak_samples).await;
+        return;
+    }
     if codecs {
         pipeline_tests::bench::codec::run(quick);
         return;
