@@ -145,6 +145,22 @@ mod tests {
     }
 
     #[test]
+    fn a_content_id_is_a_ulid_of_the_reading_millisecond_and_the_hash() {
+        let r = reading();
+        let key = idempotency_key(&r);
+        let id = content_id(r.timestamp_unix_nano, &key).unwrap();
+        let ulid = ulid::Ulid::from_string(&id).unwrap();
+        assert_eq!(ulid.timestamp_ms(), 1_752_871_354_000);
+        assert_eq!(
+            ulid.random(),
+            u128::from_str_radix(&key[..20], 16).unwrap(),
+            "the hash's first 80 bits"
+        );
+        assert_eq!(content_id(r.timestamp_unix_nano, &key), Some(id));
+        assert_eq!(content_id(0, "not hex"), None);
+    }
+
+    #[test]
     fn values_are_canonical() {
         assert_eq!(canonical_value(100.0), "100");
         assert_eq!(canonical_value(-0.0), "0");

@@ -72,7 +72,7 @@ async fn each_kv(
     let mut from = root.as_bytes().to_vec();
     let mut revision = revision;
     loop {
-        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(5000);
+        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(500);
         if revision > 0 {
             opts = opts.with_revision(revision);
         }

@@ -27,7 +27,7 @@ const PAGE: i64 = 2_000;
 const MAX_CHUNK_BYTES: usize = 1_000_000;
 
 /// What one pass folded.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Folded {
     pub(super) samples: u64,
     pub(super) chunks: u64,

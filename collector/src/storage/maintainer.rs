@@ -11,7 +11,7 @@ use telemetry::storage::{self as marks, StorageStatus};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::fold::Folder;
+use super::fold::{Folded, Folder};
 use super::history::History;
 use super::members::{self, MemberStatus, Members};
 use super::{expire, policy, Leadership, Windows};
@@ -119,10 +119,26 @@ impl Maintainer {
         let alarmed = members::alarmed(&self.shared.client).await?;
         let short = |s: &Sizes, f: f64| s.in_use as f64 >= f * budget as f64;
         let now = Instant::now();
+        let folding = alarmed.is_empty() && self.shared.cfg.storage.fold;
+        let mut folded = None;
         if !alarmed.is_empty() || short(&seen, marks::COMPACT_NOW) {
             self.compact(seen.revision, "space is short").await?;
             seen = self.look().await?;
-            if short(&seen, marks::EXPIRE_AT)
+            let mut expire_at = marks::EXPIRE_AT;
+            if folding && short(&seen, expire_at) {
+                // Folding frees most of a raw sample's space, and loses nothing: first fold what
+                // is closed, and expire only if that made no progress, or the store is still
+                // over the budget itself (writers are held back from there on).
+                let done = self.fold().await?;
+                if done.chunks > 0 {
+                    let now_rev = self.look().await?.revision;
+                    self.compact(now_rev, "after folding").await?;
+                    seen = self.look().await?;
+                    expire_at = 1.0;
+                }
+                folded = Some(done);
+            }
+            if short(&seen, expire_at)
                 || !alarmed.is_empty() && short(&seen, marks::EXPIRE_TO)
             {
                 self.expire(&seen).await?;
@@ -138,10 +154,11 @@ impl Maintainer {
                 self.compact(rev, "STORAGE_HISTORY").await?;
             }
         }
-        let mut behind = false;
-        if alarmed.is_empty() && self.shared.cfg.storage.fold {
-            behind = self.fold().await?;
+        if folding && folded.is_none() {
+            folded = Some(self.fold().await?);
         }
+        // More is left to fold, and folding makes progress: come back sooner.
+        let behind = folded.is_some_and(|d| d.deferred > 0 && d.chunks > 0);
         self.defragment(&seen, &alarmed).await?;
         if !alarmed.is_empty() {
             seen = self.look().await?;
@@ -247,10 +264,10 @@ impl Maintainer {
         Ok(())
     }
 
-    /// Folds closed windows for at most [`FOLD_FOR`]; `true` when some were left for later.
-    async fn fold(&mut self) -> Result<bool, Stop> {
+    /// Folds closed windows for at most [`FOLD_FOR`].
+    async fn fold(&mut self) -> Result<Folded, Stop> {
         if matches!(self.leader, Leadership::Emergency) {
-            return Ok(false);
+            return Ok(Folded::default());
         }
         let cfg = &self.shared.cfg.storage;
         let after = i64::try_from(cfg.fold_after.as_nanos()).unwrap_or(i64::MAX);
@@ -278,7 +295,7 @@ impl Maintainer {
                 "folded closed windows"
             );
         }
-        Ok(done.deferred > 0 && done.chunks > 0)
+        Ok(done)
     }
 
     /// Defragments at most one member a round: one whose alarm is raised, whose file nears

@@ -309,6 +309,7 @@ pub async fn run(quick: bool, soak_samples: u64) {
                 ingest_steps as u64 * per_step
             );
             let rate = ingest(dir.path(), ingest_steps, fold).await;
+            eprintln!("[folding]   {rate:.0} samples/s");
             if fold {
                 f.ingest_on.push(rate)
             } else {

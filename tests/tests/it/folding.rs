@@ -334,3 +334,36 @@ async fn query_answers_and_cursor_pages_are_the_same_raw_and_folded() {
         .collect();
     assert_eq!(ids.len(), before[4].iter().map(Vec::len).sum::<usize>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamer_reads_a_fleet_from_standard_input_once() {
+    // How the folding benchmark streams twenty million samples without a file:
+    // `streamer generate --out - | streamer --csv -`.
+    let etcd = EtcdCluster::single().await;
+    let client = etcd.client().await;
+    let prefix = unique_prefix("fold-stdin");
+    let (coll, admin) = collector(&etcd, &prefix, "stdin", false);
+    assert!(becomes_ready(&admin, 30).await, "{}", coll.stderr());
+    let mut s = Proc::spawn(
+        "streamer",
+        cmd("streamer", &etcd.endpoints(), &prefix)
+            .args(["--csv", "-", "--loop", "--timestamps", "source"])
+            .env("ADMIN_LISTEN", "")
+            .stdin(std::fs::File::open(sample_csv()).unwrap()),
+    );
+    let exit = s.wait_exit(Duration::from_secs(60)).await;
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "standard input is read once, even with --loop: {}",
+        s.stderr()
+    );
+    let data = format!("{prefix}/telemetry/data/");
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            stored(&client, &data).await == 2470
+        })
+        .await,
+        "stored {} of 2470",
+        stored(&client, &data).await
+    );
+}

@@ -156,3 +156,33 @@ fn descriptive_fields_are_kept_once_whatever_order_their_labels_came_in() {
     assert_eq!(chunk.series.len(), 10);
     assert_same(&unfold(&fold(&records).unwrap()).unwrap(), &records);
 }
+
+#[test]
+fn a_folded_sample_keeps_its_content_hash_and_id_and_is_found_by_them() {
+    // As the maintainer folds: with content hashes and content ids, in (time, hash) order,
+    // several samples sharing a time.
+    let mut records: Vec<_> = realistic_hour(3).into_iter().take(200).collect();
+    for r in &mut records {
+        r.idempotency_key = crate::record::idempotency_key(r);
+        r.id = crate::record::content_id(r.timestamp_unix_nano, &r.idempotency_key).unwrap();
+    }
+    records.sort_by(|a, b| {
+        (a.timestamp_unix_nano, &a.idempotency_key).cmp(&(b.timestamp_unix_nano, &b.idempotency_key))
+    });
+    let chunk = super::Decoded::new(&fold(&records).unwrap()).unwrap();
+    assert_eq!(chunk.len(), records.len());
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(&chunk.identified(i), r, "sample {i} as it was stored raw");
+        assert!(chunk.contains(r));
+        assert_eq!(chunk.at(r.timestamp_unix_nano).len(), 10, "ten metrics a scrape");
+    }
+    // Another value at the same time and metric is other content.
+    let mut other = records[17].clone();
+    other.value += 0.001;
+    other.idempotency_key = crate::record::idempotency_key(&other);
+    assert!(!chunk.contains(&other));
+    let mut later = records[17].clone();
+    later.timestamp_unix_nano += 1;
+    later.idempotency_key = crate::record::idempotency_key(&later);
+    assert!(!chunk.contains(&later));
+}
