@@ -9,7 +9,8 @@
 
 use chrono::{DateTime, Utc};
 use etcd_client::{
-    Client, Compare, DeleteOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    Client, Compare, DeleteOptions, GetOptions, KeyValue, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse,
 };
 use telemetry::etcd::{Context, EtcdError};
 use telemetry::keys::{key_time_of, Keys};
@@ -47,6 +48,43 @@ pub(super) async fn gpu_prefixes(client: &Client, keys: &Keys) -> Result<Vec<Str
         .collect())
 }
 
+/// The first and the last key (keys only, with their revisions) under each prefix: one Txn of
+/// two range reads per prefix, 63 prefixes a Txn.
+pub(super) async fn first_and_last<P: AsRef<str>>(
+    client: &Client,
+    prefixes: &[P],
+) -> Result<Vec<(Option<KeyValue>, Option<KeyValue>)>, EtcdError> {
+    let mut out = Vec::with_capacity(prefixes.len());
+    for batch in prefixes.chunks(OPS_PER_TXN / 2) {
+        let ops: Vec<TxnOp> = batch
+            .iter()
+            .flat_map(|p| {
+                [SortOrder::Ascend, SortOrder::Descend].map(|order| {
+                    let opts = GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only()
+                        .with_limit(1)
+                        .with_sort(SortTarget::Key, order);
+                    TxnOp::get(p.as_ref(), Some(opts))
+                })
+            })
+            .collect();
+        let resp = client
+            .kv_client()
+            .txn(Txn::new().and_then(ops))
+            .await
+            .ctx("read first and last keys")?;
+        let mut kvs = resp.op_responses().into_iter().map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            _ => None,
+        });
+        for _ in batch {
+            out.push((kvs.next().flatten(), kvs.next().flatten()));
+        }
+    }
+    Ok(out)
+}
+
 /// The oldest and newest sample times over every GPU, raw or folded (a chunk counts at its
 /// window's end).
 async fn span(
@@ -60,34 +98,11 @@ async fn span(
         .collect();
     let tiers = gpus.iter().chain(&chunk_prefixes).collect::<Vec<_>>();
     let mut span: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
-    for batch in tiers.chunks(OPS_PER_TXN / 2) {
-        let ops: Vec<TxnOp> = batch
-            .iter()
-            .flat_map(|p| {
-                [SortOrder::Ascend, SortOrder::Descend].map(|order| {
-                    let opts = GetOptions::new()
-                        .with_prefix()
-                        .with_keys_only()
-                        .with_limit(1)
-                        .with_sort(SortTarget::Key, order);
-                    TxnOp::get(p.as_str(), Some(opts))
-                })
-            })
-            .collect();
-        let resp = client
-            .kv_client()
-            .txn(Txn::new().and_then(ops))
-            .await
-            .ctx("read sample span")?;
-        let firsts = resp
-            .op_responses()
-            .into_iter()
-            .zip(batch.iter().flat_map(|p| [p, p]));
-        for (r, prefix) in firsts {
-            let TxnOpResponse::Get(g) = r else { continue };
-            let Some(t) = g.kvs().first().and_then(|kv| {
-                time_of(kv.key(), prefix).or_else(|| chunk_end_of(kv.key(), prefix))
-            }) else {
+    let ends = first_and_last(client, &tiers).await?;
+    for (prefix, pair) in tiers.iter().zip(ends) {
+        for kv in [pair.0, pair.1].into_iter().flatten() {
+            let Some(t) = time_of(kv.key(), prefix).or_else(|| chunk_end_of(kv.key(), prefix))
+            else {
                 continue;
             };
             span = Some(match span {

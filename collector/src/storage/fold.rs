@@ -18,7 +18,7 @@ use telemetry::proto::TelemetryRecord;
 use telemetry::store::chunk::{self, Decoded};
 use tokio::time::Instant;
 
-use super::expire::{gpu_prefixes, OPS_PER_TXN};
+use super::expire::{first_and_last, gpu_prefixes, OPS_PER_TXN};
 use super::Windows;
 
 /// Raw keys read per request while folding a window.
@@ -87,45 +87,18 @@ impl Folder<'_> {
         Ok(done)
     }
 
-    /// The oldest and newest raw key of each GPU (keys only).
+    /// The oldest and newest raw key of each GPU.
     async fn glance(&self, gpus: &[String]) -> Result<Vec<Option<Glance>>, EtcdError> {
-        use etcd_client::{SortOrder, SortTarget};
-        let ops: Vec<TxnOp> = gpus
-            .iter()
-            .flat_map(|p| {
-                [SortOrder::Ascend, SortOrder::Descend].map(|order| {
-                    let opts = GetOptions::new()
-                        .with_prefix()
-                        .with_keys_only()
-                        .with_limit(1)
-                        .with_sort(SortTarget::Key, order);
-                    TxnOp::get(p.as_str(), Some(opts))
-                })
-            })
-            .collect();
-        let resp = self
-            .client
-            .kv_client()
-            .txn(Txn::new().and_then(ops))
-            .await
-            .ctx("read raw spans")?;
-        let firsts: Vec<Option<etcd_client::KeyValue>> = resp
-            .op_responses()
+        Ok(first_and_last(self.client, gpus)
+            .await?
             .into_iter()
-            .map(|r| match r {
-                TxnOpResponse::Get(g) => g.kvs().first().cloned(),
-                _ => None,
-            })
-            .collect();
-        Ok(gpus
-            .iter()
-            .zip(firsts.chunks(2))
-            .map(|(p, pair)| {
-                let (a, b) = (pair.first()?.as_ref()?, pair.get(1)?.as_ref()?);
+            .zip(gpus)
+            .map(|((first, last), p)| {
+                let (first, last) = (first?, last?);
                 Some(Glance {
-                    oldest: nanos_of(a.key(), p)?,
-                    newest: nanos_of(b.key(), p)?,
-                    newest_revision: b.mod_revision(),
+                    oldest: nanos_of(first.key(), p)?,
+                    newest: nanos_of(last.key(), p)?,
+                    newest_revision: last.mod_revision(),
                 })
             })
             .collect())

@@ -138,9 +138,7 @@ impl Maintainer {
                 }
                 folded = Some(done);
             }
-            if short(&seen, expire_at)
-                || !alarmed.is_empty() && short(&seen, marks::EXPIRE_TO)
-            {
+            if short(&seen, expire_at) || !alarmed.is_empty() && short(&seen, marks::EXPIRE_TO) {
                 self.expire(&seen).await?;
                 let now_rev = self.look().await?.revision;
                 self.compact(now_rev, "after expiry").await?;

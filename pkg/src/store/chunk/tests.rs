@@ -167,14 +167,19 @@ fn a_folded_sample_keeps_its_content_hash_and_id_and_is_found_by_them() {
         r.id = crate::record::content_id(r.timestamp_unix_nano, &r.idempotency_key).unwrap();
     }
     records.sort_by(|a, b| {
-        (a.timestamp_unix_nano, &a.idempotency_key).cmp(&(b.timestamp_unix_nano, &b.idempotency_key))
+        (a.timestamp_unix_nano, &a.idempotency_key)
+            .cmp(&(b.timestamp_unix_nano, &b.idempotency_key))
     });
     let chunk = super::Decoded::new(&fold(&records).unwrap()).unwrap();
     assert_eq!(chunk.len(), records.len());
     for (i, r) in records.iter().enumerate() {
         assert_eq!(&chunk.identified(i), r, "sample {i} as it was stored raw");
         assert!(chunk.contains(r));
-        assert_eq!(chunk.at(r.timestamp_unix_nano).len(), 10, "ten metrics a scrape");
+        assert_eq!(
+            chunk.at(r.timestamp_unix_nano).len(),
+            10,
+            "ten metrics a scrape"
+        );
     }
     // Another value at the same time and metric is other content.
     let mut other = records[17].clone();
