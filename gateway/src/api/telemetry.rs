@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use telemetry::entries::TelemetryEntry;
 use telemetry::keys::key_time_of;
-use telemetry::store::read::chunk_rows;
+use telemetry::proto::TelemetryRecord;
+use telemetry::store::read::{chunk_rows, first_reads};
 use telemetry::store::scan;
 
 use super::{ok, param, typed_param, Page, Params};
@@ -191,6 +192,7 @@ fn json(body: Bytes, cache: &'static str) -> Response {
 /// Up to `want` entries of one GPU (its raw key prefix) with key suffix in `[from, to)`,
 /// filtered by metric: the raw tier's and the folded chunks' first `want` each, read at one
 /// revision and merged in key-suffix order, which is the same whichever tier a sample is in.
+/// The first page of each tier comes from one Txn ([`first_reads`]).
 async fn read_gpu(
     s: &AppState,
     prefix: &str,
@@ -200,58 +202,67 @@ async fn read_gpu(
     want: usize,
     revision: i64,
 ) -> Result<(Vec<(String, TelemetryEntry)>, i64), AppError> {
-    let (mut out, revision) = read_raw(s, prefix, (from, to), metric, want, revision).await?;
-    if let Some(chunks) = s.keys.chunks_of_data_gpu(prefix) {
-        let folded = super::etcd_read(chunk_rows(
-            &s.client,
-            &chunks,
-            (from, to),
-            metric,
-            want,
-            revision,
-        ))
-        .await?;
-        if !folded.is_empty() {
-            out.extend(
-                folded
-                    .into_iter()
-                    .map(|(suffix, r)| (suffix, TelemetryEntry::from(&r))),
-            );
-            out.sort_by(|a, b| a.0.cmp(&b.0));
-            out.truncate(want);
-        }
+    let chunks = s
+        .keys
+        .chunks_of_data_gpu(prefix)
+        .ok_or_else(|| AppError::Internal(format!("{prefix} is not a GPU's data prefix")))?;
+    let page = if metric.is_some() {
+        (want * 4).min(MAX_LIMIT)
+    } else {
+        want
+    } as i64;
+    let (start, end) = (format!("{prefix}{from}"), format!("{prefix}{to}"));
+    let first = super::etcd_read(first_reads(
+        &s.client,
+        (&start, &end, page),
+        (&chunks, from),
+        revision,
+    ))
+    .await?;
+    let revision = first.revision;
+    let mut out = read_raw(s, (prefix, &end), metric, want, revision, first.raw).await?;
+    let folded = super::etcd_read(chunk_rows(
+        &s.client,
+        &chunks,
+        (from, to),
+        metric,
+        want,
+        revision,
+        Some(first.chunk),
+    ))
+    .await?;
+    if !folded.is_empty() {
+        out.extend(
+            folded
+                .into_iter()
+                .map(|(suffix, r)| (suffix, TelemetryEntry::from(&r))),
+        );
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.truncate(want);
     }
     Ok((out, revision))
 }
 
-/// The raw tier's part of [`read_gpu`]; pins the revision when it is 0.
+/// The raw tier's part of [`read_gpu`], from its first page on, up to `end`.
 async fn read_raw(
     s: &AppState,
-    prefix: &str,
-    (from, to): (&str, &str),
+    (prefix, end): (&str, &str),
     metric: Option<&str>,
     want: usize,
-    mut revision: i64,
-) -> Result<(Vec<(String, TelemetryEntry)>, i64), AppError> {
-    let end = format!("{prefix}{to}");
-    let mut next = format!("{prefix}{from}");
-    let chunk = if metric.is_some() {
+    revision: i64,
+    (mut rows, mut more): (Vec<(String, TelemetryRecord)>, bool),
+) -> Result<Vec<(String, TelemetryEntry)>, AppError> {
+    let page = if metric.is_some() {
         (want * 4).min(MAX_LIMIT)
     } else {
         want
     } as i64;
     let mut out = Vec::new();
     loop {
-        let (rows, more, rev) =
-            super::etcd_read(scan(&s.client, &next, &end, chunk, revision)).await?;
-        // Pin every later read to the first one's revision: one snapshot for all pages.
-        if revision == 0 {
-            revision = rev;
-        }
         let Some((last_key, _)) = rows.last() else {
             break;
         };
-        next = format!("{last_key}\0");
+        let next = format!("{last_key}\0");
         for (key, rec) in rows {
             if metric.is_some_and(|m| m != rec.metric) {
                 continue;
@@ -259,14 +270,15 @@ async fn read_raw(
             let suffix = key[prefix.len()..].to_string();
             out.push((suffix, TelemetryEntry::from(&rec)));
             if out.len() >= want {
-                return Ok((out, revision));
+                return Ok(out);
             }
         }
         if !more {
             break;
         }
+        (rows, more, _) = super::etcd_read(scan(&s.client, &next, end, page, revision)).await?;
     }
-    Ok((out, revision))
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The store's read API: stored telemetry is read by key range, one GPU at a time, from the
 //! raw tier ([`scan`]) and the folded one ([`chunk_rows`]).
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::{Client, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use telemetry_proto::TelemetryRecord;
 
 use crate::etcd::{Context, EtcdError};
@@ -31,20 +31,88 @@ pub async fn scan(
         .await
         .ctx("read telemetry")?;
     let rev = resp.header().map(|h| h.revision()).unwrap_or(revision);
-    let entries = resp
-        .kvs()
-        .iter()
+    Ok((decoded(resp.kvs()), resp.more(), rev))
+}
+
+fn decoded(kvs: &[KeyValue]) -> Vec<(String, TelemetryRecord)> {
+    kvs.iter()
         .filter_map(|kv| {
             let rec = super::decode(kv.value())?;
             Some((kv.key_str().ok()?.to_string(), rec))
         })
-        .collect();
-    Ok((entries, resp.more(), rev))
+        .collect()
+}
+
+/// The first reads of a GPU's listing, both tiers in one serializable Txn: one round trip and
+/// one snapshot. Later pages of either tier, when needed, are read at its revision.
+#[derive(Debug)]
+pub struct FirstReads {
+    /// The raw tier's first page, as [`scan`] returns it.
+    pub raw: (Vec<(String, TelemetryRecord)>, bool),
+    /// The first chunk from [`chunk_rows`]'s starting point, if any.
+    pub chunk: Option<KeyValue>,
+    /// The revision both were read at.
+    pub revision: i64,
+}
+
+/// Reads `[start_key, end_key)` of the raw tier (`limit` keys) and the first chunk that can
+/// hold `from` under `chunk_prefix`, at `revision` (0: the latest).
+pub async fn first_reads(
+    client: &Client,
+    (start_key, end_key, limit): (&str, &str, i64),
+    (chunk_prefix, from): (&str, &str),
+    revision: i64,
+) -> Result<FirstReads, EtcdError> {
+    // Every range serializable makes the Txn serializable too: no read-index round trip.
+    let opts = |end: Vec<u8>, limit: i64| {
+        let o = GetOptions::new()
+            .with_range(end)
+            .with_limit(limit)
+            .with_serializable();
+        if revision > 0 {
+            o.with_revision(revision)
+        } else {
+            o
+        }
+    };
+    let ops = [
+        TxnOp::get(start_key, Some(opts(end_key.into(), limit))),
+        TxnOp::get(
+            chunk_start(chunk_prefix, from),
+            Some(opts(crate::keys::prefix_end(chunk_prefix), 1)),
+        ),
+    ];
+    let resp = client
+        .kv_client()
+        .txn(Txn::new().and_then(ops))
+        .await
+        .ctx("read telemetry")?;
+    let rev = resp.header().map(|h| h.revision()).unwrap_or(revision);
+    let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
+        TxnOpResponse::Get(g) => Some(g),
+        _ => None,
+    });
+    let (raw, chunk) = (gets.next(), gets.next());
+    Ok(FirstReads {
+        raw: raw.map_or((Vec::new(), false), |g| (decoded(g.kvs()), g.more())),
+        chunk: chunk.and_then(|g| g.kvs().first().cloned()),
+        revision: if revision > 0 { revision } else { rev },
+    })
+}
+
+/// Where [`chunk_rows`] starts reading: the first chunk whose window ends after `from`'s time.
+fn chunk_start(chunk_prefix: &str, from: &str) -> Vec<u8> {
+    match from.get(..KEY_TIME_LEN) {
+        Some(time) => format!("{chunk_prefix}{time}\0"),
+        None => chunk_prefix.to_string(),
+    }
+    .into_bytes()
 }
 
 /// Up to `want` samples of one GPU's folded chunks (at `chunk_prefix`) whose raw-key suffix
 /// `{time}_{sha256}` lies in `[from, to)`, in that order, read at `revision` (the raw read's,
-/// so both tiers are one snapshot: a fold moves samples between them in one Txn).
+/// so both tiers are one snapshot: a fold moves samples between them in one Txn). `first` is
+/// the first chunk when [`first_reads`] has read it already (`Some(None)`: there is none).
 ///
 /// A chunk's key is its window's end, so the first chunk that can hold `from` is the first
 /// key after `from`'s time. Rows are in raw-key order already; only the rows returned, and
@@ -56,30 +124,33 @@ pub async fn chunk_rows(
     metric: Option<&str>,
     want: usize,
     revision: i64,
+    mut first: Option<Option<KeyValue>>,
 ) -> Result<Vec<(String, TelemetryRecord)>, EtcdError> {
     let from_t = key_nanos(from).unwrap_or(i64::MIN);
     let to_t = key_nanos(to).unwrap_or(i64::MAX);
-    let mut next = match from.get(..KEY_TIME_LEN) {
-        Some(time) => format!("{chunk_prefix}{time}\0"),
-        None => chunk_prefix.to_string(),
-    }
-    .into_bytes();
+    let mut next = chunk_start(chunk_prefix, from);
     let end = crate::keys::prefix_end(chunk_prefix);
     let mut out = Vec::new();
     while out.len() < want {
-        let mut opts = GetOptions::new()
-            .with_range(end.clone())
-            .with_limit(1)
-            .with_serializable();
-        if revision > 0 {
-            opts = opts.with_revision(revision);
-        }
-        let resp = client
-            .kv_client()
-            .get(next.clone(), Some(opts))
-            .await
-            .ctx("read chunks")?;
-        let Some(kv) = resp.kvs().first() else {
+        let read = match first.take() {
+            Some(kv) => kv,
+            None => {
+                let mut opts = GetOptions::new()
+                    .with_range(end.clone())
+                    .with_limit(1)
+                    .with_serializable();
+                if revision > 0 {
+                    opts = opts.with_revision(revision);
+                }
+                let resp = client
+                    .kv_client()
+                    .get(next.clone(), Some(opts))
+                    .await
+                    .ctx("read chunks")?;
+                resp.kvs().first().cloned()
+            }
+        };
+        let Some(kv) = read else {
             break;
         };
         next = [kv.key(), b"\0"].concat();
