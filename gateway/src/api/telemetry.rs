@@ -258,10 +258,7 @@ async fn read_raw(
         want
     } as i64;
     let mut out = Vec::new();
-    loop {
-        let Some((last_key, _)) = rows.last() else {
-            break;
-        };
+    while let Some((last_key, _)) = rows.last() {
         let next = format!("{last_key}\0");
         for (key, rec) in rows {
             if metric.is_some_and(|m| m != rec.metric) {
