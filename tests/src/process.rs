@@ -51,12 +51,17 @@ fn collect(stream: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<Stri
 }
 
 impl Proc {
-    /// Starts `cmd` with its output captured.
+    /// Starts `cmd` with its output captured and nothing on its standard input.
     pub fn spawn(name: &str, cmd: &mut Command) -> Self {
+        Self::spawn_reading(name, cmd, Stdio::null())
+    }
+
+    /// Starts `cmd` with its output captured and `input` as its standard input.
+    pub fn spawn_reading(name: &str, cmd: &mut Command, input: impl Into<Stdio>) -> Self {
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .stdin(Stdio::null())
+            .stdin(input)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let (stdout, stderr) = (Arc::default(), Arc::default());

@@ -344,17 +344,17 @@ async fn a_streamer_reads_a_fleet_from_standard_input_once() {
     let prefix = unique_prefix("fold-stdin");
     let (coll, admin) = collector(&etcd, &prefix, "stdin", false);
     assert!(becomes_ready(&admin, 30).await, "{}", coll.stderr());
-    let mut s = Proc::spawn(
+    let mut s = Proc::spawn_reading(
         "streamer",
         cmd("streamer", &etcd.endpoints(), &prefix)
-            .args(["--csv", "-", "--loop", "--timestamps", "source"])
-            .env("ADMIN_LISTEN", "")
-            .stdin(std::fs::File::open(sample_csv()).unwrap()),
+            .args(["--csv", "-"])
+            .env("ADMIN_LISTEN", ""),
+        std::fs::File::open(sample_csv()).unwrap(),
     );
     let exit = s.wait_exit(Duration::from_secs(60)).await;
     assert!(
         exit.is_some_and(|e| e.success()),
-        "standard input is read once, even with --loop: {}",
+        "a one-pass streamer exits once standard input ends: {}",
         s.stderr()
     );
     let data = format!("{prefix}/telemetry/data/");
