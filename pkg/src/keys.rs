@@ -109,9 +109,9 @@ impl Keys {
     /// record's idempotency key as the id: the key is then a function of the content alone.
     pub fn data(&self, hostname: &str, gpu_id: &str, ts_nanos: i64, id: &str) -> String {
         format!(
-            "{}{}_{id}",
+            "{}{}",
             self.data_gpu(hostname, gpu_id),
-            key_time(ts_nanos)
+            data_suffix(ts_nanos, id)
         )
     }
 
@@ -197,6 +197,12 @@ impl Keys {
 pub fn key_time(ts_nanos: i64) -> String {
     Utc.timestamp_nanos(ts_nanos)
         .to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+/// A data key after its GPU prefix, `{timestamp}_{id}`: the order of samples within a GPU,
+/// which a folded chunk's rows keep and the API's cursor records.
+pub fn data_suffix(ts_nanos: i64, id: &str) -> String {
+    format!("{}_{id}", key_time(ts_nanos))
 }
 
 /// The key-time of an instant, for range bounds.

@@ -72,7 +72,8 @@ impl FoldedWindows {
             .collect()
     }
 
-    /// Reads for a failed commit's `or_else`: the markers, to tell whether one moved.
+    /// Reads of the markers of `ends`: in a failed commit's `or_else`, to tell whether one
+    /// moved, and ahead of a commit into a folded window.
     pub(super) fn reads(keys: &Keys, ends: &[i64]) -> Vec<TxnOp> {
         ends.iter()
             .map(|e| TxnOp::get(keys.folded(*e), Some(GetOptions::new().with_keys_only())))
@@ -111,9 +112,8 @@ impl FoldedWindows {
         while !chunk_keys.is_empty() || markers.is_empty() {
             let take = chunk_keys.len().min(127 - ends.len().min(126));
             let batch: Vec<String> = chunk_keys.drain(..take).collect();
-            let ops: Vec<TxnOp> = ends
-                .iter()
-                .map(|e| TxnOp::get(keys.folded(*e), Some(GetOptions::new().with_keys_only())))
+            let ops: Vec<TxnOp> = Self::reads(keys, ends)
+                .into_iter()
                 .chain(batch.iter().map(|k| TxnOp::get(k.as_str(), None)))
                 .collect();
             let resp = client

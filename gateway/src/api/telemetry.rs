@@ -220,7 +220,7 @@ async fn read_gpu(
     ))
     .await?;
     let revision = first.revision;
-    let mut out = read_raw(s, (prefix, &end), metric, want, revision, first.raw).await?;
+    let mut out = read_raw(s, (prefix, &end, page), metric, want, revision, first.raw).await?;
     let folded = super::etcd_read(chunk_rows(
         &s.client,
         &chunks,
@@ -243,20 +243,15 @@ async fn read_gpu(
     Ok((out, revision))
 }
 
-/// The raw tier's part of [`read_gpu`], from its first page on, up to `end`.
+/// The raw tier's part of [`read_gpu`], from its first page on, up to `end`, `page` keys a read.
 async fn read_raw(
     s: &AppState,
-    (prefix, end): (&str, &str),
+    (prefix, end, page): (&str, &str, i64),
     metric: Option<&str>,
     want: usize,
     revision: i64,
     (mut rows, mut more): (Vec<(String, TelemetryRecord)>, bool),
 ) -> Result<Vec<(String, TelemetryEntry)>, AppError> {
-    let page = if metric.is_some() {
-        (want * 4).min(MAX_LIMIT)
-    } else {
-        want
-    } as i64;
     let mut out = Vec::new();
     while let Some((last_key, _)) = rows.last() {
         let next = format!("{last_key}\0");

@@ -5,7 +5,7 @@ use etcd_client::{Client, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use telemetry_proto::TelemetryRecord;
 
 use crate::etcd::{Context, EtcdError};
-use crate::keys::key_time;
+use crate::keys::data_suffix;
 
 /// Reads stored telemetry of one GPU in `[start_key, end_key)`, oldest first.
 pub async fn scan(
@@ -15,23 +15,29 @@ pub async fn scan(
     limit: i64,
     revision: i64,
 ) -> Result<(Vec<(String, TelemetryRecord)>, bool, i64), EtcdError> {
-    // Serializable: served by the member we talk to without a read-index round trip. A page
-    // pinned to a revision is consistent either way; a first page may trail the leader by a
-    // heartbeat on a follower, which is fine for telemetry.
-    let mut opts = GetOptions::new()
-        .with_range(end_key)
-        .with_limit(limit)
-        .with_serializable();
-    if revision > 0 {
-        opts = opts.with_revision(revision);
-    }
     let resp = client
         .kv_client()
-        .get(start_key, Some(opts))
+        .get(start_key, Some(read_opts(end_key, limit, revision)))
         .await
         .ctx("read telemetry")?;
     let rev = resp.header().map(|h| h.revision()).unwrap_or(revision);
     Ok((decoded(resp.kvs()), resp.more(), rev))
+}
+
+/// How every telemetry read asks: serializable, served by the member we talk to without a
+/// read-index round trip (a page pinned to a revision is consistent either way; a first page
+/// may trail the leader by a heartbeat on a follower, which is fine for telemetry; a Txn of
+/// serializable ranges is serializable too), at `revision` when one is given.
+fn read_opts(end: impl Into<Vec<u8>>, limit: i64, revision: i64) -> GetOptions {
+    let opts = GetOptions::new()
+        .with_range(end)
+        .with_limit(limit)
+        .with_serializable();
+    if revision > 0 {
+        opts.with_revision(revision)
+    } else {
+        opts
+    }
 }
 
 fn decoded(kvs: &[KeyValue]) -> Vec<(String, TelemetryRecord)> {
@@ -63,23 +69,15 @@ pub async fn first_reads(
     (chunk_prefix, from): (&str, &str),
     revision: i64,
 ) -> Result<FirstReads, EtcdError> {
-    // Every range serializable makes the Txn serializable too: no read-index round trip.
-    let opts = |end: Vec<u8>, limit: i64| {
-        let o = GetOptions::new()
-            .with_range(end)
-            .with_limit(limit)
-            .with_serializable();
-        if revision > 0 {
-            o.with_revision(revision)
-        } else {
-            o
-        }
-    };
     let ops = [
-        TxnOp::get(start_key, Some(opts(end_key.into(), limit))),
+        TxnOp::get(start_key, Some(read_opts(end_key, limit, revision))),
         TxnOp::get(
             chunk_start(chunk_prefix, from),
-            Some(opts(crate::keys::prefix_end(chunk_prefix), 1)),
+            Some(read_opts(
+                crate::keys::prefix_end(chunk_prefix),
+                1,
+                revision,
+            )),
         ),
     ];
     let resp = client
@@ -135,16 +133,9 @@ pub async fn chunk_rows(
         let read = match first.take() {
             Some(kv) => kv,
             None => {
-                let mut opts = GetOptions::new()
-                    .with_range(end.clone())
-                    .with_limit(1)
-                    .with_serializable();
-                if revision > 0 {
-                    opts = opts.with_revision(revision);
-                }
                 let resp = client
                     .kv_client()
-                    .get(next.clone(), Some(opts))
+                    .get(next.clone(), Some(read_opts(end.clone(), 1, revision)))
                     .await
                     .ctx("read chunks")?;
                 resp.kvs().first().cloned()
@@ -170,7 +161,7 @@ pub async fn chunk_rows(
                 continue;
             }
             let r = chunk.identified(i);
-            let suffix = format!("{}_{}", key_time(t), r.idempotency_key);
+            let suffix = data_suffix(t, &r.idempotency_key);
             if t == from_t && suffix.as_str() < from {
                 continue;
             }
