@@ -87,6 +87,12 @@ pub struct Config {
     #[arg(long = "query-cache-mb", env = "QUERY_CACHE_MB", default_value_t = 64)]
     pub query_cache_mb: u64,
 
+    /// Memory for decoded folded chunks, in MiB; 0 turns it off. Unlike the query cache it
+    /// serves nothing stale: every read still fetches the chunk, and a decoded copy is used
+    /// only for the very bytes it was decoded from.
+    #[arg(long = "chunk-cache-mb", env = "CHUNK_CACHE_MB", default_value_t = 64)]
+    pub chunk_cache_mb: u64,
+
     /// Oldest a cached page may be: the bound on staleness should the watch fall behind.
     #[arg(long = "query-cache-ttl", env = "QUERY_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
     pub query_cache_ttl: Duration,

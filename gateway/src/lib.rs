@@ -156,6 +156,7 @@ pub fn state(
             stop.clone(),
         ));
     }
+    let chunks = telemetry::store::cache::Chunks::new(cfg.chunk_cache_mb * 1024 * 1024);
     let limiter = ratelimit::RateLimiter::new(cfg.rate_limit_rps, cfg.rate_limit_burst);
     AppState::new(state::Shared {
         cfg: Arc::new(cfg),
@@ -164,6 +165,7 @@ pub fn state(
         registry,
         hub,
         cache,
+        chunks,
         ws_clients: Arc::default(),
         limiter,
         readiness,

@@ -14,6 +14,7 @@ use crate::gpu_registry::GpuRegistry;
 use crate::hub::Hub;
 use crate::query_cache::QueryCache;
 use crate::ratelimit::RateLimiter;
+use telemetry::store::cache::Chunks;
 
 /// Cheap to clone: axum clones the state for every request, and an etcd `Client` clone alone
 /// copies a dozen gRPC service handles (it was a third of the gateway's CPU on cached queries).
@@ -41,6 +42,8 @@ pub struct Shared {
     pub registry: GpuRegistry,
     pub hub: Hub,
     pub cache: QueryCache,
+    /// Decoded folded chunks, shared by reads (checked against the bytes each read fetches).
+    pub chunks: Chunks,
     pub ws_clients: Arc<AtomicUsize>,
     pub limiter: RateLimiter,
     /// What `/ready` reports.

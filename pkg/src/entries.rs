@@ -65,22 +65,54 @@ pub struct TelemetryEntry {
 
 impl From<&TelemetryRecord> for TelemetryEntry {
     fn from(r: &TelemetryRecord) -> Self {
+        Self::timed(r.clone(), format_timestamp(r.timestamp_unix_nano))
+    }
+}
+
+impl TelemetryEntry {
+    /// The entry of a record the caller owns, with its time already formatted: a page of a
+    /// listing holds ten metrics per instant, so readers format each instant once
+    /// ([`Timestamps`]) and move the record's strings rather than copy them.
+    pub fn timed(r: TelemetryRecord, timestamp: String) -> Self {
         Self {
-            id: r.id.clone(),
-            timestamp: format_timestamp(r.timestamp_unix_nano),
-            metric: r.metric.clone(),
+            id: r.id,
+            timestamp,
+            metric: r.metric,
             value: r.value,
-            gpu_id: r.gpu_id.clone(),
-            uuid: r.uuid.clone(),
-            hostname: r.hostname.clone(),
-            device: r.device.clone(),
-            model: r.model.clone(),
-            labels: r
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            gpu_id: r.gpu_id,
+            uuid: r.uuid,
+            hostname: r.hostname,
+            device: r.device,
+            model: r.model,
+            labels: r.labels.into_iter().collect(),
         }
+    }
+}
+
+/// Formats instants as the API shows them, remembering the last one: consecutive entries of a
+/// listing mostly share it.
+#[derive(Debug, Default)]
+pub struct Timestamps {
+    last: Option<(i64, String)>,
+}
+
+impl Timestamps {
+    /// `nanos` as RFC 3339 text.
+    pub fn format(&mut self, nanos: i64) -> String {
+        match &self.last {
+            Some((t, text)) if *t == nanos => text.clone(),
+            _ => {
+                let text = format_timestamp(nanos);
+                self.last = Some((nanos, text.clone()));
+                text
+            }
+        }
+    }
+
+    /// The entry of an owned record.
+    pub fn entry(&mut self, r: TelemetryRecord) -> TelemetryEntry {
+        let timestamp = self.format(r.timestamp_unix_nano);
+        TelemetryEntry::timed(r, timestamp)
     }
 }
 

@@ -64,6 +64,15 @@ impl Keys {
         format!("{}{id}", self.members_root())
     }
 
+    /// Live configuration, one key per setting (see `settings`).
+    pub fn config_root(&self) -> String {
+        format!("{}/config/", self.prefix)
+    }
+    /// One live setting.
+    pub fn config(&self, name: &str) -> String {
+        format!("{}{name}", self.config_root())
+    }
+
     /// Failed attempts at one message, kept outside any lease so that they survive a crash.
     pub fn attempts(&self, message_id: &str) -> String {
         format!("{}/queue/attempts/{message_id}", self.prefix)
@@ -202,7 +211,13 @@ pub fn key_time(ts_nanos: i64) -> String {
 /// A data key after its GPU prefix, `{timestamp}_{id}`: the order of samples within a GPU,
 /// which a folded chunk's rows keep and the API's cursor records.
 pub fn data_suffix(ts_nanos: i64, id: &str) -> String {
-    format!("{}_{id}", key_time(ts_nanos))
+    data_suffix_at(&key_time(ts_nanos), id)
+}
+
+/// [`data_suffix`] with the key time already formatted, for readers that build many suffixes
+/// of one instant.
+pub fn data_suffix_at(key_time: &str, id: &str) -> String {
+    format!("{key_time}_{id}")
 }
 
 /// The key-time of an instant, for range bounds.

@@ -43,7 +43,7 @@ pub fn envelope(mut records: Vec<TelemetryRecord>, schema_version: &str) -> Queu
     QueueMessage {
         trace_id: id.clone(),
         id,
-        idempotency_key: hex::encode(hash.finalize()),
+        idempotency_key: crate::record::hex_of(&hash.finalize().into()),
         topic: TOPIC.to_string(),
         created_unix_ms: now_millis(),
         expires_unix_ms: 0,

@@ -48,7 +48,20 @@ pub fn canonical_value(v: f64) -> String {
 
 /// The record's content hash, the lowercase hex SHA-256 of its canonical form (docs/identity.md).
 pub fn idempotency_key(r: &TelemetryRecord) -> String {
-    hex::encode(Sha256::digest(canonical_form(r).as_bytes()))
+    hex_of(&content_hash(r))
+}
+
+/// The SHA-256 of the record's canonical form: [`idempotency_key`] before hex.
+pub fn content_hash(r: &TelemetryRecord) -> [u8; 32] {
+    Sha256::digest(canonical_form(r).as_bytes()).into()
+}
+
+/// Lowercase hex of a SHA-256 digest. Readers of folded data hash every sample they return,
+/// so this is on the query path: `hex::encode`'s per-char iterator cost more than the hash.
+pub fn hex_of(digest: &[u8; 32]) -> String {
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(digest, &mut out).expect("64 bytes hold 32 in hex");
+    String::from_utf8(out.to_vec()).expect("hex is ASCII")
 }
 
 /// The `id` of a stored reading: a ULID of the reading's millisecond and the first 80 bits of

@@ -11,7 +11,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use telemetry::entries::TelemetryEntry;
+use telemetry::entries::{TelemetryEntry, Timestamps};
 use telemetry::keys::key_time_of;
 use telemetry::proto::TelemetryRecord;
 use telemetry::store::read::{chunk_rows, first_reads};
@@ -222,7 +222,7 @@ async fn read_gpu(
     let revision = first.revision;
     let mut out = read_raw(s, (prefix, &end, page), metric, want, revision, first.raw).await?;
     let folded = super::etcd_read(chunk_rows(
-        &s.client,
+        (&s.client, &s.chunks),
         &chunks,
         (from, to),
         metric,
@@ -232,10 +232,11 @@ async fn read_gpu(
     ))
     .await?;
     if !folded.is_empty() {
+        let mut times = Timestamps::default();
         out.extend(
             folded
                 .into_iter()
-                .map(|(suffix, r)| (suffix, TelemetryEntry::from(&r))),
+                .map(|(suffix, r)| (suffix, times.entry(r))),
         );
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out.truncate(want);
@@ -253,6 +254,7 @@ async fn read_raw(
     (mut rows, mut more): (Vec<(String, TelemetryRecord)>, bool),
 ) -> Result<Vec<(String, TelemetryEntry)>, AppError> {
     let mut out = Vec::new();
+    let mut times = Timestamps::default();
     while let Some((last_key, _)) = rows.last() {
         let next = format!("{last_key}\0");
         for (key, rec) in rows {
@@ -260,7 +262,7 @@ async fn read_raw(
                 continue;
             }
             let suffix = key[prefix.len()..].to_string();
-            out.push((suffix, TelemetryEntry::from(&rec)));
+            out.push((suffix, times.entry(rec)));
             if out.len() >= want {
                 return Ok(out);
             }

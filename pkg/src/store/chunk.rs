@@ -13,6 +13,7 @@
 //! back in exactly the raw tier's order without hashing anything.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
 
 use pco::standalone::{simple_compress, simple_decompress};
 use pco::ChunkConfig;
@@ -139,7 +140,9 @@ pub fn unfold(bytes: &[u8]) -> Result<Vec<TelemetryRecord>, ChunkError> {
 }
 
 /// A chunk with its columns decompressed and its records not yet built: a reader that wants
-/// a hundred samples of a window builds a hundred records, not the window's thousands.
+/// a hundred samples of a window builds a hundred records, not the window's thousands. Each
+/// row's content hash is computed the first time it is asked for and kept, so a decoded chunk
+/// that readers share ([`super::cache::Chunks`]) hashes each sample once.
 #[derive(Debug, Clone)]
 pub struct Decoded {
     templates: Vec<TelemetryRecord>,
@@ -149,6 +152,8 @@ pub struct Decoded {
     rows: Vec<u32>,
     /// Each row's value, in row order.
     values: Vec<f64>,
+    /// Each row's content hash, once computed.
+    hashes: Vec<OnceLock<[u8; 32]>>,
 }
 
 impl Decoded {
@@ -189,7 +194,20 @@ impl Decoded {
             times,
             rows,
             values,
+            hashes: std::iter::repeat_with(OnceLock::new).take(n).collect(),
         })
+    }
+
+    /// Roughly the memory it holds, for a cache's budget.
+    pub fn weight(&self) -> usize {
+        let per_row = size_of::<i64>() + size_of::<u32>() + size_of::<f64>();
+        let per_row = per_row + size_of::<OnceLock<[u8; 32]>>();
+        let templates: usize = self
+            .templates
+            .iter()
+            .map(|t| t.encoded_len() + size_of::<TelemetryRecord>())
+            .sum();
+        self.len() * per_row + templates + self.series.len() * 64
     }
 
     /// Number of samples.
@@ -231,10 +249,15 @@ impl Decoded {
     /// Sample `i` as it was stored raw: with its content hash and the id derived from it.
     pub fn identified(&self, i: usize) -> TelemetryRecord {
         let mut r = self.record(i);
-        r.idempotency_key = crate::record::idempotency_key(&r);
+        r.idempotency_key = crate::record::hex_of(self.hash(i));
         r.id = crate::record::content_id(r.timestamp_unix_nano, &r.idempotency_key)
             .unwrap_or_default();
         r
+    }
+
+    /// Sample `i`'s content hash (computed once).
+    fn hash(&self, i: usize) -> &[u8; 32] {
+        self.hashes[i].get_or_init(|| crate::record::content_hash(&self.record(i)))
     }
 
     /// The rows at time `t` (rows are in time order).
@@ -247,7 +270,7 @@ impl Decoded {
     pub fn contains(&self, r: &TelemetryRecord) -> bool {
         self.at(r.timestamp_unix_nano)
             .filter(|&i| self.metric(i) == r.metric)
-            .any(|i| crate::record::idempotency_key(&self.record(i)) == r.idempotency_key)
+            .any(|i| crate::record::hex_of(self.hash(i)) == r.idempotency_key)
     }
 }
 

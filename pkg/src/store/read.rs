@@ -4,8 +4,9 @@
 use etcd_client::{Client, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use telemetry_proto::TelemetryRecord;
 
+use super::cache::Chunks;
 use crate::etcd::{Context, EtcdError};
-use crate::keys::data_suffix;
+use crate::keys::data_suffix_at;
 
 /// Reads stored telemetry of one GPU in `[start_key, end_key)`, oldest first.
 pub async fn scan(
@@ -111,12 +112,13 @@ fn chunk_start(chunk_prefix: &str, from: &str) -> Vec<u8> {
 /// `{time}_{sha256}` lies in `[from, to)`, in that order, read at `revision` (the raw read's,
 /// so both tiers are one snapshot: a fold moves samples between them in one Txn). `first` is
 /// the first chunk when [`first_reads`] has read it already (`Some(None)`: there is none).
+/// Chunks are decoded through `chunks`, which shares that work between reads of one window.
 ///
 /// A chunk's key is its window's end, so the first chunk that can hold `from` is the first
 /// key after `from`'s time. Rows are in raw-key order already; only the rows returned, and
 /// those at `from`'s own time (to place a cursor among them), are built and hashed.
 pub async fn chunk_rows(
-    client: &Client,
+    (client, chunks): (&Client, &Chunks),
     chunk_prefix: &str,
     (from, to): (&str, &str),
     metric: Option<&str>,
@@ -128,7 +130,9 @@ pub async fn chunk_rows(
     let to_t = key_nanos(to).unwrap_or(i64::MAX);
     let mut next = chunk_start(chunk_prefix, from);
     let end = crate::keys::prefix_end(chunk_prefix);
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(want);
+    // Rows come ten metrics to an instant: format each instant's key time once.
+    let mut key_time = (i64::MIN, String::new());
     while out.len() < want {
         let read = match first.take() {
             Some(kv) => kv,
@@ -145,7 +149,7 @@ pub async fn chunk_rows(
             break;
         };
         next = [kv.key(), b"\0"].concat();
-        let chunk = match super::chunk::Decoded::new(kv.value()) {
+        let chunk = match chunks.decoded(&kv) {
             Ok(c) => c,
             Err(e) => {
                 // Never written by this pipeline; say so rather than fail every read of the GPU.
@@ -161,7 +165,10 @@ pub async fn chunk_rows(
                 continue;
             }
             let r = chunk.identified(i);
-            let suffix = data_suffix(t, &r.idempotency_key);
+            if key_time.0 != t {
+                key_time = (t, crate::keys::key_time(t));
+            }
+            let suffix = data_suffix_at(&key_time.1, &r.idempotency_key);
             if t == from_t && suffix.as_str() < from {
                 continue;
             }
