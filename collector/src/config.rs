@@ -153,6 +153,28 @@ pub enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Read or change the live configuration (docs/operations.md).
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum ConfigAction {
+    /// Print every live setting as one JSON line: key, value, source, revision.
+    List,
+    /// Print one setting's value (JSON).
+    Get { key: String },
+    /// Check and store a value (JSON: `false`, `250`, `"debug"`; a bare word is taken as a
+    /// string). Refused, with exit 2, when the value is not valid for the key.
+    Set {
+        key: String,
+        #[arg(allow_hyphen_values = true)]
+        value: String,
+    },
+    /// Remove the override: processes go back to their flags and defaults.
+    Unset { key: String },
 }
 
 #[derive(Subcommand, Debug, Clone)]

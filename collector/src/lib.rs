@@ -7,6 +7,7 @@ pub mod buckets;
 pub mod claim;
 pub mod commit;
 pub mod config;
+pub mod config_cli;
 pub mod counters;
 pub mod dedupe;
 pub mod dlq;
@@ -28,6 +29,7 @@ use crate::lease::KeptLease;
 use etcd_client::Client;
 use telemetry::keys::Keys;
 use telemetry::service::StartError;
+use telemetry::settings::{catalog, Settings, Snapshot};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -44,6 +46,8 @@ pub struct Shared {
     pub registry: gpu_registry::GpuRegistry,
     pub counters: Arc<Counters>,
     pub permits: Semaphore,
+    /// Live configuration: the kill switch stops taking messages.
+    pub settings: Settings,
 }
 
 /// Why a collector could not start: the start-up every queue process shares.
@@ -66,6 +70,25 @@ pub async fn run(
     let client = started.client.clone();
     let tracker = TaskTracker::new();
     let keys = Keys::new(&cfg.process.etcd.prefix);
+    let startup = Snapshot::at_startup(&[(
+        catalog::LOG_LEVEL,
+        telemetry::logging::startup_level().into(),
+    )]);
+    let Some(settings) =
+        telemetry::settings::follow(client.clone(), keys.clone(), startup, shutdown.clone()).await
+    else {
+        started.stop().await;
+        return Ok(());
+    };
+    tracker.spawn(telemetry::logging::follow_level(
+        settings.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(telemetry::settings::report_ingestion(
+        settings.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
     let processed = ProcessedSet::for_settings(&client, &keys, cfg.dedupe_window, cfg.retention);
     if let ProcessedSet::Markers(_) = processed {
         tracing::info!(
@@ -89,6 +112,7 @@ pub async fn run(
         ),
         registry: gpu_registry::GpuRegistry::new(client.clone(), keys.clone(), retention),
         permits: Semaphore::new(usize::from(cfg.workers)),
+        settings,
         counters,
         keys,
         client: client.clone(),

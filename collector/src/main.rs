@@ -14,6 +14,10 @@ telemetry::main!(Config, run);
 
 async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     let keys = telemetry::keys::Keys::new(&cfg.process.etcd.prefix);
+    if let Some(Command::Config { action }) = &cfg.command {
+        let client = telemetry::etcd::connect(&cfg.process.etcd).await?;
+        return collector::config_cli::run(&client, &keys, action).await;
+    }
     let Some(Command::Dlq { action }) = &cfg.command else {
         let shutdown = telemetry::shutdown::on_signal();
         let counters = Arc::new(Counters::default());

@@ -56,6 +56,19 @@ pub async fn run(shared: Arc<Shared>, fence: Fence, stop: CancellationToken) -> 
     );
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
+        if !shared.settings.now().ingestion_enabled() {
+            // The kill switch: messages stay queued, claimed by nobody's work, until it is on.
+            tracing::debug!(
+                partition = fence.partition,
+                "ingestion is off; taking no messages"
+            );
+            if or_cancel(&stop, shared.settings.ingestion_on())
+                .await
+                .is_none()
+            {
+                return Exit::Stopped;
+            }
+        }
         let kvs = match inbox.next(&shared, &stop).await {
             Next::Batch(kvs) => kvs,
             Next::Stopped => return Exit::Stopped,

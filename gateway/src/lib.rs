@@ -20,7 +20,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::Router;
 use etcd_client::Client;
 use telemetry::admin::Readiness;
@@ -61,6 +61,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/hosts", get(api::gpus::list_hosts))
         .route("/api/v1/hosts/{hostname}/gpus", get(api::gpus::host_gpus))
         .route("/api/v1/invalid", get(api::invalid::list_invalid))
+        .route("/api/v1/config", get(api::config::list_config))
+        .route("/api/v1/config/{key}", put(api::config::set_config))
         .route("/api/v1/ws/telemetry", get(ws::ws_handler))
         .route("/openapi.json", get(openapi::spec))
         .route("/docs", get(openapi::docs))
@@ -156,6 +158,21 @@ pub fn state(
             stop.clone(),
         ));
     }
+    // The gateway follows the live configuration for its log level; the API reads etcd.
+    let (c, k, startup, stop_follow) = (
+        client.clone(),
+        keys.clone(),
+        telemetry::settings::Snapshot::at_startup(&[(
+            telemetry::settings::catalog::LOG_LEVEL,
+            telemetry::logging::startup_level().into(),
+        )]),
+        stop.clone(),
+    );
+    tasks.spawn(async move {
+        if let Some(s) = telemetry::settings::follow(c, k, startup, stop_follow.clone()).await {
+            telemetry::logging::follow_level(s, stop_follow).await;
+        }
+    });
     let chunks = telemetry::store::cache::Chunks::new(cfg.chunk_cache_mb * 1024 * 1024);
     let limiter = ratelimit::RateLimiter::new(cfg.rate_limit_rps, cfg.rate_limit_burst);
     AppState::new(state::Shared {

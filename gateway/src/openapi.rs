@@ -16,6 +16,8 @@ use utoipa::{Modify, OpenApi};
         crate::api::gpus::host_gpus,
         crate::api::telemetry::gpu_telemetry,
         crate::api::invalid::list_invalid,
+        crate::api::config::list_config,
+        crate::api::config::set_config,
         crate::ws::ws_handler,
     ),
     components(schemas(
@@ -23,6 +25,8 @@ use utoipa::{Modify, OpenApi};
         telemetry::entries::TelemetryEntry,
         telemetry::entries::InvalidEntry,
         crate::api::gpus::HostInfo,
+        crate::api::config::SettingEntry,
+        crate::api::config::SetBody,
         crate::error::ErrorBody,
     )),
     modifiers(&EveryRouteCanAnswer)

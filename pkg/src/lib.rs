@@ -19,6 +19,7 @@ pub mod logging;
 pub mod queue;
 pub mod record;
 pub mod service;
+pub mod settings;
 pub mod shutdown;
 pub mod storage;
 pub mod store;

@@ -4,19 +4,23 @@
 //! the keys without sending them, so the check stays cheap however deep the queue is.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use telemetry::queue::Publisher;
+use telemetry::settings::{catalog, Settings, Snapshot};
 use telemetry::storage::Pressure;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-
-/// Fraction of the configured rate to keep: 1.0 normally, `THROTTLE_RATE` while the queue
-/// is deeper than `THROTTLE_MAX_QUEUE_DEPTH`.
-pub fn factor(cfg: &Config, depth: i64) -> f64 {
-    if cfg.throttle_enabled && depth > cfg.throttle_max_queue_depth {
-        cfg.throttle_rate
+/// Fraction of the configured rate to keep: 1.0 normally, `throttle.rate` while the queue
+/// is deeper than `throttle.max_queue_depth` (flags or live settings).
+pub fn factor(s: &Snapshot, depth: i64) -> f64 {
+    let max_depth = s
+        .value(catalog::THROTTLE_MAX_QUEUE_DEPTH)
+        .as_i64()
+        .unwrap_or(i64::MAX);
+    if s.bool(catalog::THROTTLE_ENABLED) && depth > max_depth {
+        s.f64(catalog::THROTTLE_RATE)
     } else {
         1.0
     }
@@ -33,14 +37,16 @@ pub fn storage_factor(p: Pressure) -> f64 {
 }
 
 pub async fn run(
-    cfg: Config,
+    check_interval: Duration,
+    settings: Settings,
     publisher: Arc<Publisher>,
     mut storage: watch::Receiver<Pressure>,
     tx: watch::Sender<f64>,
     stop: CancellationToken,
 ) {
     metrics::gauge!("throttle_rate").set(1.0);
-    let mut tick = tokio::time::interval(cfg.throttle_check_interval);
+    let mut live = settings.subscribe();
+    let mut tick = tokio::time::interval(check_interval);
     let mut depth = 0;
     loop {
         tokio::select! {
@@ -55,11 +61,12 @@ pub async fn run(
                 }
                 metrics::gauge!("queue_depth").set(depth as f64);
             }
-            // A change of storage pressure applies at once, not at the next tick.
+            // A change of storage pressure or of the settings applies at once.
             Ok(()) = storage.changed() => {}
+            Ok(()) = live.changed() => {}
         }
         let pressure = *storage.borrow_and_update();
-        let f = factor(&cfg, depth).min(storage_factor(pressure));
+        let f = factor(&live.borrow_and_update(), depth).min(storage_factor(pressure));
         if *tx.borrow() != f {
             match (f, pressure) {
                 (0.0, Pressure::Full) => {
@@ -85,11 +92,12 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use clap::Parser;
 
     #[test]
     fn engages_only_above_the_depth_and_when_enabled() {
-        let mut cfg = Config::parse_from([
+        let cfg = Config::parse_from([
             "streamer",
             "--csv",
             "x",
@@ -100,9 +108,11 @@ mod tests {
             "--throttle-rate",
             "0.25",
         ]);
-        assert_eq!(factor(&cfg, 10), 1.0);
-        assert_eq!(factor(&cfg, 11), 0.25);
-        cfg.throttle_enabled = false;
-        assert_eq!(factor(&cfg, 1_000), 1.0);
+        let mut s = Snapshot::at_startup(&cfg.startup_settings());
+        assert_eq!(factor(&s, 10), 1.0);
+        assert_eq!(factor(&s, 11), 0.25);
+        // A live setting replaces the flag.
+        s.values.get_mut(catalog::THROTTLE_ENABLED).unwrap().value = false.into();
+        assert_eq!(factor(&s, 1_000), 1.0);
     }
 }

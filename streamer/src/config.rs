@@ -107,6 +107,25 @@ pub enum Command {
 }
 
 impl Config {
+    /// The live settings this streamer was started with (flags, environment, defaults); a
+    /// value set in etcd overrides each.
+    pub fn startup_settings(&self) -> Vec<(&'static str, serde_json::Value)> {
+        use telemetry::settings::catalog;
+        vec![
+            (catalog::STREAM_RATE, self.rate.into()),
+            (catalog::THROTTLE_ENABLED, self.throttle_enabled.into()),
+            (
+                catalog::THROTTLE_MAX_QUEUE_DEPTH,
+                self.throttle_max_queue_depth.into(),
+            ),
+            (catalog::THROTTLE_RATE, self.throttle_rate.into()),
+            (
+                catalog::LOG_LEVEL,
+                telemetry::logging::startup_level().into(),
+            ),
+        ]
+    }
+
     /// Logging and shutdown settings, for the start-up path.
     pub fn runtime(&self) -> &telemetry::config::RuntimeArgs {
         &self.process.runtime

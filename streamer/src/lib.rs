@@ -134,6 +134,26 @@ pub async fn run(
     let client = started.client.clone();
     let keys = Keys::new(&cfg.process.etcd.prefix);
     let stop_helpers = CancellationToken::new();
+    let Some(settings) = telemetry::settings::follow(
+        client.clone(),
+        keys.clone(),
+        telemetry::settings::Snapshot::at_startup(&cfg.startup_settings()),
+        stop_helpers.clone(),
+    )
+    .await
+    else {
+        started.stop().await;
+        return Ok(());
+    };
+    tokio::spawn(telemetry::logging::follow_level(
+        settings.clone(),
+        stop_helpers.clone(),
+    ));
+    tokio::spawn(telemetry::settings::report_ingestion(
+        settings.clone(),
+        started.admin.readiness.clone(),
+        stop_helpers.clone(),
+    ));
     let publisher = Arc::new(Publisher::new(
         client.clone(),
         keys.clone(),
@@ -154,7 +174,8 @@ pub async fn run(
         stop_helpers.clone(),
     );
     tokio::spawn(backpressure::run(
-        cfg.clone(),
+        cfg.throttle_check_interval,
+        settings.clone(),
         publisher.clone(),
         storage.pressure.clone(),
         throttle_tx,
@@ -163,7 +184,7 @@ pub async fn run(
     let batcher = pipeline::Batcher {
         publisher: publisher.clone(),
         counters: counters.clone(),
-        rate: cfg.rate,
+        settings: settings.subscribe(),
         linger: cfg.linger,
         throttle: throttle_rx,
         draining: shutdown.clone(),
@@ -176,6 +197,7 @@ pub async fn run(
             publisher.clone(),
             storage.room.clone(),
             counters.clone(),
+            settings.clone(),
             group_rx.clone(),
             give_up.clone(),
         ));
@@ -184,7 +206,7 @@ pub async fn run(
     // hand-over fails and the pipeline unwinds instead of waiting on a channel nobody reads.
     drop(group_rx);
 
-    let sink = Sink::new(tx, counters.clone(), storage.pressure.clone());
+    let sink = Sink::new(tx, counters.clone(), storage.pressure.clone(), settings);
     let inputs = TaskTracker::new();
     if let Some(l) = listeners.ingest {
         tracing::info!(addr = ?l.local_addr().ok(), "serving POST /api/v1/ingest and gRPC Ingest");

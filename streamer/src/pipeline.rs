@@ -15,6 +15,7 @@ use std::time::Duration;
 use telemetry::proto::TelemetryRecord;
 use telemetry::queue::{envelope, Encoded, Publisher, SCHEMA_VERSION};
 use telemetry::record::{assign_identity, now_nanos};
+use telemetry::settings::{catalog, Snapshot};
 use telemetry::throttle::TokenBucket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -65,7 +66,8 @@ impl RecentKeys {
 pub struct Batcher {
     pub publisher: Arc<Publisher>,
     pub counters: Arc<Counters>,
-    pub rate: f64,
+    /// Live settings: `stream.rate`, and the kill switch, which pauses batching.
+    pub settings: watch::Receiver<Arc<Snapshot>>,
     pub linger: Duration,
     pub throttle: watch::Receiver<f64>,
     /// Fires when shutdown is requested (a signal, not the end of the input). From then on,
@@ -84,7 +86,8 @@ impl Batcher {
     ) {
         let per_message = self.publisher.limits().records_per_message();
         let group_size = self.publisher.limits().max_txn_ops as usize;
-        let mut bucket = TokenBucket::new(self.rate, self.rate.max(1.0));
+        let rate = self.rate();
+        let mut bucket = TokenBucket::new(rate, rate.max(1.0));
         let mut recent = RecentKeys::new(65_536);
         let max_bytes = self.publisher.limits().message_bytes();
         let mut records: Vec<TelemetryRecord> = Vec::with_capacity(per_message);
@@ -108,7 +111,7 @@ impl Batcher {
                     announced = true;
                     tracing::info!(
                         buffered = rx.len() + 1,
-                        rate = self.rate,
+                        rate = self.rate(),
                         "shutdown: publishing the buffered records without pacing (STREAM_RATE paces sustained input; the buffer must drain within SHUTDOWN_GRACE)"
                     );
                 }
@@ -167,10 +170,21 @@ impl Batcher {
         }
     }
 
+    /// `stream.rate` now (its flag, or the live setting).
+    fn rate(&self) -> f64 {
+        self.settings.borrow().f64(catalog::STREAM_RATE)
+    }
+
     /// Waits for a token, at the configured rate times the backpressure factor. With no
-    /// configured rate, throttling keeps a fraction of the rate observed lately.
+    /// configured rate, throttling keeps a fraction of the rate observed lately. Waits, too,
+    /// while the kill switch is off.
     async fn pace(&mut self, bucket: &mut TokenBucket, observed: f64) {
         loop {
+            if !self.settings.borrow_and_update().ingestion_enabled() {
+                let _ = self.settings.wait_for(|s| s.ingestion_enabled()).await;
+                continue;
+            }
+            let rate = self.rate();
             let factor = *self.throttle.borrow_and_update();
             if factor <= 0.0 {
                 // THROTTLE_RATE=0 pauses until the queue drains.
@@ -178,8 +192,8 @@ impl Batcher {
                 let _ = self.throttle.changed().await;
                 continue;
             }
-            let base = if self.rate > 0.0 {
-                self.rate
+            let base = if rate > 0.0 {
+                rate
             } else if factor < 1.0 {
                 observed.max(1.0)
             } else {

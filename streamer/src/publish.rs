@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use telemetry::backoff::Backoff;
 use telemetry::queue::{plan, Encoded, Publisher};
+use telemetry::settings::Settings;
 use telemetry::storage::Room;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,7 @@ pub async fn publish(
     publisher: Arc<Publisher>,
     room: Arc<Room>,
     counters: Arc<Counters>,
+    settings: Settings,
     groups: Arc<Mutex<mpsc::Receiver<Vec<Encoded>>>>,
     give_up: CancellationToken,
 ) {
@@ -31,6 +33,15 @@ pub async fn publish(
         // one bad message never holds the others back.
         let mut pending: VecDeque<&[Encoded]> = plan(publisher.limits(), &msgs).into();
         while let Some(group) = pending.pop_front() {
+            // The kill switch holds what was already batched, too: nothing is published while
+            // it is off, and nothing is dropped (shutdown's grace still applies).
+            tokio::select! {
+                _ = settings.ingestion_on() => {}
+                _ = give_up.cancelled() => {
+                    tracing::error!("shutdown grace ran out while ingestion was switched off; unpublished records remain");
+                    return;
+                }
+            }
             // Wait for room in etcd first: a burst must not run into the quota.
             let bytes = group.iter().map(|m| m.key.len() + m.value.len()).sum();
             tokio::select! {

@@ -168,9 +168,9 @@ impl Source for DcgmSource {
                     }
                 };
                 let ts = now_nanos();
-                if sink.storage_full() {
+                if sink.held().is_some() {
                     let samples = body.lines().filter(|l| l.starts_with("DCGM_")).count();
-                    sink.skip_if_full(samples);
+                    sink.skip_if_held(samples);
                     continue;
                 }
                 for (n, line) in body.lines().enumerate() {

@@ -19,7 +19,7 @@ use telemetry::record::parse_timestamp;
 use telemetry::validate::validate;
 use tokio_util::sync::CancellationToken;
 
-use super::Sink;
+use super::{Held, Sink};
 
 /// At most this many reasons are returned; the counts are always complete.
 const MAX_REASONS: usize = 100;
@@ -156,12 +156,13 @@ fn json_error(status: StatusCode, message: String, report: Option<IngestReport>)
     (status, Json(body)).into_response()
 }
 
-/// 503 with `Retry-After` while etcd has no room: nothing is taken, so nothing is lost.
-fn storage_full() -> Response {
+/// 503 with `Retry-After` while the pipeline holds its input: nothing is taken, so nothing is
+/// lost.
+fn unavailable(held: Held) -> Response {
     let body = serde_json::json!({
         "success": false,
-        "error": "etcd is full; the pipeline holds its input until the storage maintainer frees space. Retry later.",
-        "code": "STORAGE_FULL",
+        "error": held.message(),
+        "code": held.code(),
     });
     let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     r.headers_mut()
@@ -174,8 +175,8 @@ async fn http_ingest(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if sink.storage_full() {
-        return storage_full();
+    if let Some(held) = sink.held() {
+        return unavailable(held);
     }
     let body = match body {
         Ok(b) => b,
@@ -253,10 +254,8 @@ impl Ingest for GrpcIngest {
         &self,
         request: tonic::Request<tonic::Streaming<TelemetryRecord>>,
     ) -> Result<tonic::Response<IngestSummary>, tonic::Status> {
-        if self.sink.storage_full() {
-            let mut refused = tonic::Status::unavailable(
-                "etcd is full; retry later (the storage maintainer is freeing space)",
-            );
+        if let Some(held) = self.sink.held() {
+            let mut refused = tonic::Status::unavailable(held.message());
             refused.metadata_mut().insert(
                 "retry-after",
                 tonic::metadata::MetadataValue::from_static("5"),

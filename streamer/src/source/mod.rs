@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::dcgm_csv::RowError;
 use futures::future::BoxFuture;
 use telemetry::proto::TelemetryRecord;
+use telemetry::settings::Settings;
 use telemetry::storage::Pressure;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -43,6 +44,42 @@ pub struct Sink {
     tx: mpsc::Sender<TelemetryRecord>,
     pub counters: Arc<Counters>,
     storage: watch::Receiver<Pressure>,
+    settings: Settings,
+}
+
+/// Why the pipeline holds its input now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// The kill switch is off (`ingestion.enabled=false`).
+    IngestionOff,
+    /// etcd is at its storage budget.
+    StorageFull,
+}
+
+impl Held {
+    /// The `reason` label of `samples_skipped`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Held::IngestionOff => "ingestion_disabled",
+            Held::StorageFull => "storage_full",
+        }
+    }
+
+    /// The error code a push is refused with.
+    pub fn code(self) -> &'static str {
+        match self {
+            Held::IngestionOff => "INGESTION_DISABLED",
+            Held::StorageFull => "STORAGE_FULL",
+        }
+    }
+
+    /// What a refused push is told.
+    pub fn message(self) -> &'static str {
+        match self {
+            Held::IngestionOff => "ingestion is switched off (live setting ingestion.enabled=false); nothing was taken. Retry later.",
+            Held::StorageFull => "etcd is full; the pipeline holds its input until the storage maintainer frees space. Retry later.",
+        }
+    }
 }
 
 impl Sink {
@@ -50,29 +87,39 @@ impl Sink {
         tx: mpsc::Sender<TelemetryRecord>,
         counters: Arc<Counters>,
         storage: watch::Receiver<Pressure>,
+        settings: Settings,
     ) -> Self {
         Self {
             tx,
             counters,
             storage,
+            settings,
         }
     }
 
-    /// etcd has no room now: the pipeline holds what it has, so a source that cannot wait
-    /// (a device scrape) skips, and a push is told to come back later.
-    pub fn storage_full(&self) -> bool {
-        *self.storage.borrow() == Pressure::Full
+    /// Whether the pipeline holds what it has now (the kill switch, or etcd without room): a
+    /// source that cannot wait (a device scrape) skips, and a push is told to come back later.
+    /// File sources simply wait, since the pipeline stops taking their records.
+    pub fn held(&self) -> Option<Held> {
+        if !self.settings.now().ingestion_enabled() {
+            Some(Held::IngestionOff)
+        } else if *self.storage.borrow() == Pressure::Full {
+            Some(Held::StorageFull)
+        } else {
+            None
+        }
     }
 
-    /// Counts a device scrape's samples as skipped when storage is full; true if skipped.
-    pub fn skip_if_full(&self, samples: usize) -> bool {
-        if !self.storage_full() {
+    /// Counts a device scrape's samples as skipped while input is held; true if skipped.
+    pub fn skip_if_held(&self, samples: usize) -> bool {
+        let Some(held) = self.held() else {
             return false;
-        }
-        self.counters.skipped(samples as u64, "storage_full");
+        };
+        self.counters.skipped(samples as u64, held.reason());
         tracing::warn!(
             samples,
-            "etcd is full: this scrape is skipped (samples_skipped{{reason=\"storage_full\"}})"
+            reason = held.reason(),
+            "input is held: this scrape is skipped (counted in samples_skipped)"
         );
         true
     }

@@ -142,7 +142,7 @@ impl Source for NvidiaSmiSource {
                     sink.counters.read(1);
                     sink.counters.missing();
                 }
-                if sink.skip_if_full(records.len()) {
+                if sink.skip_if_held(records.len()) {
                     continue;
                 }
                 for r in records {

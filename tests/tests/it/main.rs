@@ -11,6 +11,7 @@ mod gateway_cache;
 mod gateway_limits;
 mod gateway_live;
 mod gateway_registry;
+mod live_config;
 mod openapi;
 mod pipeline;
 mod readme;
