@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::claim::{Claims, Fence};
-use crate::lease::KeptLease;
 use etcd_client::{GetOptions, PutOptions};
 use sha2::{Digest, Sha256};
 use telemetry::etcd::{Context, EtcdError};
+use telemetry::lease::KeptLease;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +43,7 @@ pub async fn run(
         shared.cfg.id.clone(),
         lease.id,
     );
-    let member = shared.keys.member(&shared.cfg.id);
+    let member = shared.keys.collector(&shared.cfg.id);
     shared
         .client
         .kv_client()
@@ -83,7 +83,15 @@ pub async fn run(
             shared.counters.database_error();
             tracing::warn!(error = %e, "rebalance round failed; trying again");
         }
+        let mut held: Vec<u16> = owned.keys().copied().collect();
+        held.sort_unstable();
+        *shared.held.lock().unwrap_or_else(|e| e.into_inner()) = held;
     };
+    shared
+        .held
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
     // Drain: stop every worker, wait for the message in flight, then give the claims back.
     for o in owned.values() {
         o.stop.cancel();
@@ -108,7 +116,7 @@ async fn rebalance(
         .client
         .kv_client()
         .get(
-            shared.keys.members_root(),
+            shared.keys.collectors_root(),
             Some(GetOptions::new().with_prefix().with_count_only()),
         )
         .await

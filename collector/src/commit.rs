@@ -31,6 +31,7 @@ use telemetry::proto::TelemetryRecord;
 use crate::buckets::BucketLeases;
 use crate::claim::{fence_compare, Fence};
 use crate::dedupe::ProcessedSet;
+use crate::states::{Progress, States};
 
 mod folded;
 mod write_set;
@@ -45,6 +46,8 @@ pub struct Claimed {
     pub mod_revision: i64,
     pub message_id: String,
     pub schema_version: String,
+    /// What its state will say (see `states`).
+    pub progress: Progress,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +70,7 @@ pub struct Committer {
     retention: Arc<BucketLeases>,
     folded: FoldedWindows,
     max_ops: usize,
+    states: States,
 }
 
 impl Committer {
@@ -80,6 +84,7 @@ impl Committer {
         folded: FoldedWindows,
         max_ops: usize,
     ) -> Self {
+        let keys_for_states = keys.clone();
         Self {
             client,
             keys,
@@ -87,7 +92,19 @@ impl Committer {
             retention,
             folded,
             max_ops,
+            states: States::off(keys_for_states),
         }
+    }
+
+    /// Writes each finished message's state with its last Txn.
+    pub fn with_states(mut self, states: States) -> Self {
+        self.states = states;
+        self
+    }
+
+    /// Where message states go (the dead-letter path writes them too).
+    pub fn states(&self) -> &States {
+        &self.states
     }
 
     /// The retention leases, shared with other writers of stored data (the GPU registry).
@@ -113,7 +130,13 @@ impl Committer {
         {
             let records = valid[chunk.valid].to_vec();
             match self
-                .commit_chunk(fence, msg, records, &refused[chunk.invalid], chunk.last)
+                .commit_chunk(
+                    fence,
+                    msg,
+                    records,
+                    &refused[chunk.invalid],
+                    chunk.last.then_some(stored),
+                )
                 .await?
             {
                 Outcome::Committed {
@@ -135,14 +158,15 @@ impl Committer {
         })
     }
 
-    /// One Txn of a commit; retried without the records it finds already stored.
+    /// One Txn of a commit; retried without the records it finds already stored. The last
+    /// one (`stored_before`: what the earlier ones stored) also ends the message.
     async fn commit_chunk(
         &self,
         fence: Fence,
         msg: &Claimed,
         mut valid: Vec<&TelemetryRecord>,
         invalid: &[Refused<'_>],
-        last: bool,
+        stored_before: Option<usize>,
     ) -> Result<Outcome, EtcdError> {
         let mut duplicates = 0;
         loop {
@@ -166,14 +190,22 @@ impl Committer {
             };
             let retention_lease = self.retention.current().await?;
             let leases = (marker_lease, retention_lease);
-            let txn = self.build(
-                fence,
-                msg,
-                (&valid, &ends, &expected),
-                invalid,
-                leases,
-                last,
-            );
+            let end = match stored_before {
+                Some(before) => {
+                    let outcome = if msg.progress.valid == 0 && msg.progress.invalid > 0 {
+                        telemetry::trace::Outcome::Invalid
+                    } else {
+                        telemetry::trace::Outcome::Stored
+                    };
+                    let state = self
+                        .states
+                        .put(msg, outcome, before + valid.len(), None)
+                        .await?;
+                    Some(state)
+                }
+                None => None,
+            };
+            let txn = self.build(fence, msg, (&valid, &ends, &expected), invalid, leases, end);
             let resp = match self.client.kv_client().txn(txn).await {
                 Ok(r) => r,
                 Err(e) if telemetry::etcd::is_not_found(&e) => {
@@ -182,6 +214,7 @@ impl Committer {
                         leases.invalidate();
                     }
                     self.retention.invalidate();
+                    self.states.invalidate();
                     continue;
                 }
                 Err(e) => {
@@ -250,7 +283,7 @@ impl Committer {
         (valid, ends, expected): (&[&TelemetryRecord], &[i64], &[i64]),
         invalid: &[Refused<'_>],
         (marker_lease, retention_lease): (Option<i64>, i64),
-        last: bool,
+        end: Option<Option<TxnOp>>,
     ) -> Txn {
         let k = &self.keys;
         let mut compares = Vec::with_capacity(valid.len() + ends.len() + 2);
@@ -316,9 +349,11 @@ impl Committer {
         }
         compares.extend(FoldedWindows::compares(k, ends, expected));
         failure.extend(FoldedWindows::reads(k, ends));
-        if last {
+        // The last Txn ends the message: see `dedupe::LAST_OPS`.
+        if let Some(state) = end {
             success.push(TxnOp::delete(msg.key.as_str(), None));
             success.push(TxnOp::delete(k.attempts(&msg.message_id), None));
+            success.extend(state);
         }
         Txn::new().when(compares).and_then(success).or_else(failure)
     }

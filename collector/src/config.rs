@@ -41,6 +41,11 @@ pub struct Config {
     #[arg(long = "dedupe-window", env = "DEDUPE_WINDOW", default_value = "24h", value_parser = parse_duration)]
     pub dedupe_window: Duration,
 
+    /// How long a finished message's processing state stays readable at
+    /// `GET /api/v1/messages/{id}` (0 turns message states off).
+    #[arg(long = "message-state-ttl", env = "MESSAGE_STATE_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub message_state_ttl: Duration,
+
     /// How long stored telemetry is kept.
     #[arg(long = "retention", env = "TELEMETRY_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub retention: Duration,
@@ -200,10 +205,7 @@ impl Config {
             return Err("DEDUPE_WINDOW must be at least 60s".into());
         }
         if self.id.is_empty() {
-            let host = std::fs::read_to_string("/etc/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "collector".into());
-            self.id = format!("{host}-{}", std::process::id());
+            self.id = telemetry::cluster::process_id();
         }
         let s = &self.storage;
         if let Budget::Bytes(b) = s.budget {

@@ -14,6 +14,8 @@ pub struct Counters {
     pub fenced: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub database_errors: AtomicU64,
+    /// The last commit's lag behind its message's creation, in milliseconds.
+    pub lag_ms: AtomicU64,
 }
 
 impl Counters {
@@ -39,6 +41,7 @@ impl Counters {
             .fetch_add(duplicates as u64, Ordering::Relaxed);
         self.invalid.fetch_add(invalid as u64, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
+        self.lag_ms.store(lag_ms as u64, Ordering::Relaxed);
         metrics::counter!("messages_processed").increment(stored as u64);
         metrics::counter!("messages_duplicated").increment(duplicates as u64);
         metrics::counter!("messages_invalid").increment(invalid as u64);

@@ -75,6 +75,10 @@ impl ProcessedSet {
     }
 }
 
+/// What the last Txn of a commit writes beyond records: the message's delete, its attempt
+/// counter's delete, and its processing state.
+pub const LAST_OPS: usize = 3;
+
 /// Cuts a message's `valid` records and `invalid` entries into Txns of at most `max_ops`
 /// operations and compares each (a compare per record, one per fold window its records fall
 /// in, and two for the owner and the message). Usually one: the streamer sizes messages for one Txn of data keys. With
@@ -88,8 +92,9 @@ pub fn chunks(
     max_ops: usize,
     windows: usize,
 ) -> Vec<Chunk> {
-    // Every Txn keeps room for the two deletes, so the plan does not depend on which is last.
-    let budget = max_ops.saturating_sub(2).max(per_record);
+    // Every Txn keeps room for the last one's extra ops, so the plan does not depend on which
+    // is last.
+    let budget = max_ops.saturating_sub(LAST_OPS).max(per_record);
     let most_valid = (budget / per_record)
         .min(max_ops.saturating_sub(2 + windows))
         .max(1);
@@ -150,19 +155,20 @@ mod tests {
         let plan = chunks(2, 120, 6, 128, 1);
         assert_eq!(plan.len(), 2);
         for c in &plan {
-            assert!(c.valid.len() * 2 + c.invalid.len() + 2 <= 128, "{c:?}");
+            assert!(c.valid.len() * 2 + c.invalid.len() + LAST_OPS <= 128, "{c:?}");
         }
-        assert_eq!(plan[0].valid, 0..63);
-        assert_eq!(plan[1].valid, 63..120);
-        assert_eq!(plan[1].invalid, 0..6);
+        assert_eq!(plan[0].valid, 0..62);
+        assert_eq!(plan[1].valid, 62..120);
+        assert_eq!(plan[0].invalid, 0..1, "one invalid entry fills the first Txn");
+        assert_eq!(plan[1].invalid, 1..6);
         assert!(!plan[0].last && plan[1].last);
     }
 
     #[test]
     fn invalid_entries_fill_what_records_leave() {
         let plan = ProcessedSet::DataKeys.chunks(100, 40, 128, 1);
-        assert_eq!(plan[0].invalid, 0..26);
-        assert_eq!(plan[1].invalid, 26..40);
+        assert_eq!(plan[0].invalid, 0..25);
+        assert_eq!(plan[1].invalid, 25..40);
         assert_eq!(plan.len(), 2);
     }
 }

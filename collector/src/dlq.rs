@@ -36,21 +36,24 @@ pub async fn bury(
     fence: Fence,
     msg: &Claimed,
     letter: &DeadLetter,
+    state: Option<TxnOp>,
 ) -> Result<bool, EtcdError> {
+    let mut ops = vec![
+        TxnOp::put(
+            keys.dead_letter(&msg.message_id),
+            serde_json::to_vec(letter).unwrap_or_default(),
+            None,
+        ),
+        TxnOp::delete(msg.key.as_str(), None),
+        TxnOp::delete(keys.attempts(&msg.message_id), None),
+    ];
+    ops.extend(state);
     let txn = Txn::new()
         .when([
             fence_compare(keys, fence),
             Compare::mod_revision(msg.key.as_str(), CompareOp::Equal, msg.mod_revision),
         ])
-        .and_then([
-            TxnOp::put(
-                keys.dead_letter(&msg.message_id),
-                serde_json::to_vec(letter).unwrap_or_default(),
-                None,
-            ),
-            TxnOp::delete(msg.key.as_str(), None),
-            TxnOp::delete(keys.attempts(&msg.message_id), None),
-        ]);
+        .and_then(ops);
     Ok(client
         .kv_client()
         .txn(txn)

@@ -14,8 +14,8 @@ pub mod dlq;
 pub mod gpu_registry;
 pub mod identity;
 pub mod inbox;
-pub mod lease;
 pub mod partition;
+pub mod states;
 pub mod storage;
 pub mod watcher;
 
@@ -25,9 +25,10 @@ use std::time::Duration;
 use crate::buckets::BucketLeases;
 use crate::commit::{Committer, FoldedWindows};
 use crate::dedupe::ProcessedSet;
-use crate::lease::KeptLease;
 use etcd_client::Client;
+use telemetry::cluster::{Registration, Role};
 use telemetry::keys::Keys;
+use telemetry::lease::KeptLease;
 use telemetry::service::StartError;
 use telemetry::settings::{catalog, Settings, Snapshot};
 use tokio::sync::Semaphore;
@@ -48,6 +49,8 @@ pub struct Shared {
     pub permits: Semaphore,
     /// Live configuration: the kill switch stops taking messages.
     pub settings: Settings,
+    /// The partitions this collector works on now, for its cluster entry.
+    pub held: std::sync::Mutex<Vec<u16>>,
 }
 
 /// Why a collector could not start: the start-up every queue process shares.
@@ -109,15 +112,35 @@ pub async fn run(
             retention.clone(),
             FoldedWindows::new(storage::Windows::new(cfg.storage.fold_window)),
             cfg.process.queue.max_txn_ops as usize,
-        ),
+        )
+        .with_states(states::States::new(
+            client.clone(),
+            keys.clone(),
+            cfg.message_state_ttl,
+            cfg.id.clone(),
+        )),
         registry: gpu_registry::GpuRegistry::new(client.clone(), keys.clone(), retention),
         permits: Semaphore::new(usize::from(cfg.workers)),
         settings,
+        held: Default::default(),
         counters,
         keys,
         client: client.clone(),
         cfg,
     });
+    tracker.spawn(telemetry::cluster::register(
+        client.clone(),
+        shared.keys.clone(),
+        Registration::now(
+            Role::Collector,
+            shared.cfg.id.clone(),
+            started.admin.addr.map(|a| a.to_string()),
+        ),
+        status(shared.clone()),
+        readiness.clone(),
+        shared.settings.clone(),
+        shutdown.clone(),
+    ));
     tracker.spawn(housekeeping(shared.clone(), shutdown.clone()));
     tracker.spawn(storage::run(shared.clone(), shutdown.clone()));
     let _storage = telemetry::storage::track(
@@ -191,6 +214,24 @@ pub async fn run(
     telemetry::shutdown::drain(&tracker, shared.cfg.process.runtime.shutdown_grace).await;
     started.stop().await;
     Ok(())
+}
+
+/// A collector's figures for its cluster entry.
+fn status(shared: Arc<Shared>) -> telemetry::cluster::StatusFn {
+    let rate = telemetry::cluster::Rate::default();
+    Arc::new(move || {
+        let c = &shared.counters;
+        let stored = Counters::get(&c.stored);
+        serde_json::json!({
+            "partitions": *shared.held.lock().unwrap_or_else(|e| e.into_inner()),
+            "stored": stored,
+            "stored_per_second": rate.per_second(stored),
+            "duplicates": Counters::get(&c.duplicates),
+            "invalid": Counters::get(&c.invalid),
+            "dead_lettered": Counters::get(&c.dead_lettered),
+            "lag_ms": Counters::get(&c.lag_ms),
+        })
+    })
 }
 
 /// Once a second: samples the queue depth, and writes the GPU registry's pending historical

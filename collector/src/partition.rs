@@ -20,7 +20,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::inbox::{Inbox, Next};
+use crate::states::Progress;
 use crate::{dlq, Shared};
+use telemetry::proto::TelemetryRecord;
+use tracing::Instrument;
 
 /// Why a partition worker stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -99,14 +102,45 @@ async fn handle(shared: &Shared, fence: Fence, kv: KeyValue, stop: &Cancellation
     let _permit = shared.permits.acquire().await;
     let key = kv.key_str().unwrap_or_default().to_string();
     let message_id = key.rsplit('/').next().unwrap_or_default().to_string();
+    // Every line logged about this message carries its ids (the trace's once decoded).
+    let span = tracing::info_span!(
+        "message",
+        id = %message_id,
+        partition = fence.partition,
+        trace_id = tracing::field::Empty,
+        linked = tracing::field::Empty,
+    );
+    process(shared, fence, &kv, (key, message_id), stop)
+        .instrument(span)
+        .await
+}
+
+async fn process(
+    shared: &Shared,
+    fence: Fence,
+    kv: &KeyValue,
+    (key, message_id): (String, String),
+    stop: &CancellationToken,
+) -> Step {
+    let progress = Progress {
+        partition: fence.partition,
+        claimed_unix_ms: now_millis(),
+        attempt: 1,
+        ..Default::default()
+    };
     let mut message = match QueueMessage::decode(kv.value()) {
         Ok(m) => m,
         Err(e) => {
+            let trace_id = telemetry::trace::of_message_id(&message_id);
             let claimed = Claimed {
                 key,
                 mod_revision: kv.mod_revision(),
                 message_id,
                 schema_version: String::new(),
+                progress: Progress {
+                    trace_id,
+                    ..progress
+                },
             };
             return bury(
                 shared,
@@ -120,12 +154,30 @@ async fn handle(shared: &Shared, fence: Fence, kv: KeyValue, stop: &Cancellation
             .await;
         }
     };
-    let claimed = Claimed {
+    let mut claimed = Claimed {
         key,
         mod_revision: kv.mod_revision(),
         message_id,
         schema_version: message.schema_version.clone(),
+        progress: Progress {
+            trace_id: std::mem::take(&mut message.trace_id),
+            linked_trace_ids: std::mem::take(&mut message.linked_trace_ids),
+            published_unix_ms: message.created_unix_ms,
+            ..progress
+        },
     };
+    // Every line logged about this message, here and below, carries its ids.
+    let span = tracing::Span::current();
+    span.record(
+        "trace_id",
+        tracing::field::display(&claimed.progress.trace_id),
+    );
+    if !claimed.progress.linked_trace_ids.is_empty() {
+        span.record(
+            "linked",
+            tracing::field::display(claimed.progress.linked_trace_ids.join(",")),
+        );
+    }
     let total = message.records.len();
     shared.counters.consumed(total);
 
@@ -137,6 +189,23 @@ async fn handle(shared: &Shared, fence: Fence, kv: KeyValue, stop: &Cancellation
             Err(reason) => invalid.push((r, reason)),
         }
     }
+    claimed.progress.validated_unix_ms = now_millis();
+    claimed.progress.valid = valid.len();
+    claimed.progress.invalid = invalid.len();
+    commit_until_done(shared, fence, kv.value(), claimed, (valid, invalid), stop).await
+}
+
+/// Commits a validated message, retrying what etcd fails, until it is stored, dead-lettered,
+/// fenced or stopped.
+async fn commit_until_done(
+    shared: &Shared,
+    fence: Fence,
+    payload: &[u8],
+    mut claimed: Claimed,
+    (valid, invalid): (Vec<TelemetryRecord>, Vec<(TelemetryRecord, String)>),
+    stop: &CancellationToken,
+) -> Step {
+    let total = valid.len() + invalid.len();
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     loop {
         if stop.is_cancelled() {
@@ -159,31 +228,48 @@ async fn handle(shared: &Shared, fence: Fence, kv: KeyValue, stop: &Cancellation
                 invalid,
             }) => {
                 let latency = started.elapsed().as_secs_f64() * 1e3;
-                let lag = (now_millis() - message.created_unix_ms).max(0) as f64;
+                let lag = (now_millis() - claimed.progress.published_unix_ms).max(0) as f64;
                 shared
                     .counters
                     .committed(stored, duplicates, invalid, latency, lag);
+                tracing::debug!(
+                    stored,
+                    duplicates,
+                    invalid,
+                    attempt = claimed.progress.attempt,
+                    "message stored"
+                );
                 return Step::Next;
             }
             Ok(Outcome::AlreadyDone) => return Step::Next,
             Ok(Outcome::Fenced) => {
                 shared.counters.fenced();
-                tracing::warn!(partition = fence.partition, message = %claimed.message_id, "commit refused: the claim is no longer ours");
+                tracing::warn!("commit refused: the claim is no longer ours");
                 return Step::Fenced;
             }
             Err(e) => {
                 shared.counters.database_error();
-                if let Some(step) =
-                    failed_attempt(shared, fence, &claimed, kv.value(), &e, total).await
-                {
-                    return step;
+                match failed_attempt(shared, fence, &claimed, payload, &e, total).await {
+                    Attempt::Over(step) => return step,
+                    Attempt::Counted(n) => claimed.progress.attempt = n + 1,
+                    Attempt::Transient => {}
                 }
                 let wait = backoff.next_delay();
-                tracing::warn!(message = %claimed.message_id, error = %e, retry_in = ?wait, "commit failed");
+                tracing::warn!(error = %e, retry_in = ?wait, "commit failed");
                 or_cancel(stop, tokio::time::sleep(wait)).await;
             }
         }
     }
+}
+
+/// What a failed commit meant for its message.
+enum Attempt {
+    /// etcd was away: not the message's fault, and not counted.
+    Transient,
+    /// Counted against it: this many attempts have failed.
+    Counted(u32),
+    /// Its last allowed attempt failed: it was dead-lettered (or the claim was lost).
+    Over(Step),
 }
 
 /// Counts a failed commit against the message when etcd refused the request itself; a
@@ -195,29 +281,19 @@ async fn failed_attempt(
     payload: &[u8],
     e: &EtcdError,
     records: usize,
-) -> Option<Step> {
+) -> Attempt {
     if e.is_transient() {
-        return None;
+        return Attempt::Transient;
     }
     let attempts = match dlq::record_attempt(&shared.client, &shared.keys, fence, msg).await {
         Ok(n) => n,
-        Err(_) => return None,
+        Err(_) => return Attempt::Transient,
     };
     if attempts >= shared.cfg.max_retries {
-        return Some(
-            bury(
-                shared,
-                fence,
-                msg,
-                payload,
-                &e.to_string(),
-                attempts,
-                records,
-            )
-            .await,
-        );
+        let reason = e.to_string();
+        return Attempt::Over(bury(shared, fence, msg, payload, &reason, attempts, records).await);
     }
-    None
+    Attempt::Counted(attempts)
 }
 
 async fn bury(
@@ -230,16 +306,25 @@ async fn bury(
     records: usize,
 ) -> Step {
     let letter = dlq::letter(fence, msg, payload, reason, attempts, records);
-    match dlq::bury(&shared.client, &shared.keys, fence, msg, &letter).await {
+    let state = shared
+        .committer
+        .states()
+        .put(msg, telemetry::trace::Outcome::DeadLettered, 0, Some(reason))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot write the message's state; dead-lettering it without");
+            None
+        });
+    match dlq::bury(&shared.client, &shared.keys, fence, msg, &letter, state).await {
         Ok(true) => {
             shared.counters.dead_lettered();
-            tracing::error!(message = %msg.message_id, reason, attempts, "message moved to the dead-letter queue");
+            tracing::error!(reason, attempts, "message moved to the dead-letter queue");
             Step::Next
         }
         Ok(false) => Step::Fenced,
         Err(e) => {
             shared.counters.database_error();
-            tracing::warn!(message = %msg.message_id, error = %e, "cannot dead-letter the message; it stays queued");
+            tracing::warn!(error = %e, "cannot dead-letter the message; it stays queued");
             Step::Next
         }
     }

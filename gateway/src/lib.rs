@@ -24,6 +24,7 @@ use axum::routing::{get, put};
 use axum::Router;
 use etcd_client::Client;
 use telemetry::admin::Readiness;
+use telemetry::cluster::{Registration, Role};
 use telemetry::service::EtcdUnreachable;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -61,6 +62,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/hosts", get(api::gpus::list_hosts))
         .route("/api/v1/hosts/{hostname}/gpus", get(api::gpus::host_gpus))
         .route("/api/v1/invalid", get(api::invalid::list_invalid))
+        .route("/api/v1/cluster", get(api::cluster::cluster))
+        .route("/api/v1/messages/{id}", get(api::messages::message))
         .route("/api/v1/config", get(api::config::list_config))
         .route("/api/v1/config/{key}", put(api::config::set_config))
         .route("/api/v1/ws/telemetry", get(ws::ws_handler))
@@ -134,6 +137,7 @@ pub enum GatewayError {
 /// watches. The registry clears `readiness`'s "registry" condition at its first load.
 pub fn state(
     cfg: Config,
+    addr: Option<String>,
     client: Client,
     readiness: Readiness,
     tasks: &TaskTracker,
@@ -168,10 +172,26 @@ pub fn state(
         )]),
         stop.clone(),
     );
+    let me = Registration::now(Role::Gateway, telemetry::cluster::process_id(), addr);
+    let (ws_clients, ready) = (
+        Arc::<std::sync::atomic::AtomicUsize>::default(),
+        readiness.clone(),
+    );
+    let ws_seen = ws_clients.clone();
     tasks.spawn(async move {
-        if let Some(s) = telemetry::settings::follow(c, k, startup, stop_follow.clone()).await {
-            telemetry::logging::follow_level(s, stop_follow).await;
-        }
+        let Some(s) =
+            telemetry::settings::follow(c.clone(), k.clone(), startup, stop_follow.clone()).await
+        else {
+            return;
+        };
+        let status: telemetry::cluster::StatusFn = Arc::new(move || {
+            let n = ws_seen.load(std::sync::atomic::Ordering::Relaxed);
+            serde_json::json!({ "websocket_clients": n })
+        });
+        tokio::join!(
+            telemetry::logging::follow_level(s.clone(), stop_follow.clone()),
+            telemetry::cluster::register(c, k, me, status, ready, s, stop_follow),
+        );
     });
     let chunks = telemetry::store::cache::Chunks::new(cfg.chunk_cache_mb * 1024 * 1024);
     let limiter = ratelimit::RateLimiter::new(cfg.rate_limit_rps, cfg.rate_limit_burst);
@@ -183,7 +203,7 @@ pub fn state(
         hub,
         cache,
         chunks,
-        ws_clients: Arc::default(),
+        ws_clients,
         limiter,
         readiness,
         shutdown: stop.clone(),
@@ -208,7 +228,8 @@ pub async fn run(
     readiness.block("registry", "loading the GPU registry");
     let full_app: Arc<OnceLock<Router>> = Arc::default();
     let early = early_app(readiness.clone(), full_app.clone());
-    tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
+    let listener_addr = listener.local_addr().ok();
+    tracing::info!(addr = ?listener_addr, "gateway listening");
     let stop = shutdown.clone();
     let server = tokio::spawn(telemetry::http::serve(
         listener,
@@ -228,7 +249,8 @@ pub async fn run(
     .await;
     let ws_tasks = match connected {
         Ok(client) => {
-            let state = state(cfg, client, readiness, &tasks, &shutdown);
+            let addr = listener_addr.map(|a| a.to_string());
+            let state = state(cfg, addr, client, readiness, &tasks, &shutdown);
             let ws_tasks = state.ws_tasks.clone();
             let _ = full_app.set(app(state));
             Some(ws_tasks)

@@ -55,13 +55,27 @@ impl Keys {
         format!("{}{partition:04}", self.owners_root())
     }
 
-    /// Live collectors, each under its own lease.
-    pub fn members_root(&self) -> String {
+    /// Live collectors, each under its claim lease: what a fair share of partitions counts.
+    pub fn collectors_root(&self) -> String {
         format!("{}/collectors/", self.prefix)
     }
     /// One live collector.
-    pub fn member(&self, id: &str) -> String {
-        format!("{}{id}", self.members_root())
+    pub fn collector(&self, id: &str) -> String {
+        format!("{}{id}", self.collectors_root())
+    }
+
+    /// Every running process of every role, each under its own short lease (see `cluster`).
+    pub fn cluster_root(&self) -> String {
+        format!("{}/cluster/", self.prefix)
+    }
+    /// One running process.
+    pub fn cluster_member(&self, role: &str, id: &str) -> String {
+        format!("{}{role}/{id}", self.cluster_root())
+    }
+
+    /// A recent message's processing state (see `trace`).
+    pub fn message_state(&self, message_id: &str) -> String {
+        format!("{}/trace/{message_id}", self.prefix)
     }
 
     /// Live configuration, one key per setting (see `settings`).

@@ -10,11 +10,13 @@
 
 pub mod admin;
 pub mod backoff;
+pub mod cluster;
 pub mod config;
 pub mod entries;
 pub mod etcd;
 pub mod http;
 pub mod keys;
+pub mod lease;
 pub mod logging;
 pub mod queue;
 pub mod record;
@@ -24,6 +26,7 @@ pub mod shutdown;
 pub mod storage;
 pub mod store;
 pub mod throttle;
+pub mod trace;
 pub mod validate;
 pub mod watch;
 

@@ -33,16 +33,32 @@ const PUT_OVERHEAD: usize = 32;
 /// Records travel without their idempotency keys: the collector recomputes each key from the
 /// content it is about to store (it must not trust a producer's key), so shipping them would
 /// only add 66 bytes per record to every queue write and delete.
-pub fn envelope(mut records: Vec<TelemetryRecord>, schema_version: &str) -> QueueMessage {
+pub fn envelope(records: Vec<TelemetryRecord>, schema_version: &str) -> QueueMessage {
+    envelope_traced(records, schema_version, Vec::new())
+}
+
+/// [`envelope`] for records of the given traces: the message carries the first and links the
+/// others; with none it starts a trace of its own (see [`crate::trace`]).
+pub fn envelope_traced(
+    mut records: Vec<TelemetryRecord>,
+    schema_version: &str,
+    mut traces: Vec<String>,
+) -> QueueMessage {
     let mut hash = Sha256::new();
     for r in &mut records {
         hash.update(r.idempotency_key.as_bytes());
         r.idempotency_key.clear();
     }
-    let id = ulid::Ulid::new().to_string();
+    let ulid = ulid::Ulid::new();
+    let trace_id = if traces.is_empty() {
+        crate::trace::from_ulid(ulid)
+    } else {
+        traces.remove(0)
+    };
     QueueMessage {
-        trace_id: id.clone(),
-        id,
+        trace_id,
+        linked_trace_ids: traces,
+        id: ulid.to_string(),
         idempotency_key: crate::record::hex_of(&hash.finalize().into()),
         topic: TOPIC.to_string(),
         created_unix_ms: now_millis(),
@@ -146,6 +162,15 @@ pub enum PartitionsError {
 }
 
 /// The count stored at `key`, if any (a plain read, which etcd serves even when full).
+/// The queue's partition count, once some process has created the queue.
+pub async fn stored_partitions(client: &Client, keys: &Keys) -> Result<Option<u16>, EtcdError> {
+    match stored_count(client, &keys.queue_partitions()).await {
+        Ok(n) => Ok(n),
+        Err(PartitionsError::Etcd(e)) => Err(e),
+        Err(PartitionsError::Mismatch(_)) => Ok(None),
+    }
+}
+
 async fn stored_count(client: &Client, key: &str) -> Result<Option<u16>, PartitionsError> {
     let resp = client
         .kv_client()

@@ -97,6 +97,8 @@ where
 pub struct AdminServer {
     /// What `/ready` reports.
     pub readiness: Readiness,
+    /// Where they are served (none: not served).
+    pub addr: Option<std::net::SocketAddr>,
     stop: CancellationToken,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -107,10 +109,12 @@ impl AdminServer {
         let readiness = Readiness::new();
         let stop = CancellationToken::new();
         crate::admin::metrics_handle();
+        let addr = listener.as_ref().and_then(|l| l.local_addr().ok());
         let task =
             listener.map(|l| tokio::spawn(crate::admin::serve(l, readiness.clone(), stop.clone())));
         Self {
             readiness,
+            addr,
             stop,
             task,
         }

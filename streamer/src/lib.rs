@@ -25,7 +25,8 @@ use tokio_util::task::TaskTracker;
 
 pub use crate::config::Config;
 pub use crate::counters::Counters;
-use crate::source::{Sink, Source, SourceError};
+use crate::source::{Gate, Sink, Source, SourceError};
+use telemetry::cluster::{Registration, Role};
 
 /// Why a run could not start or finish.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +120,27 @@ fn sources(cfg: &Config) -> Result<Vec<Box<dyn Source>>, BadSetting> {
     Ok(out)
 }
 
+/// A streamer's figures for its cluster entry.
+fn status(
+    c: Arc<Counters>,
+    gate: Gate,
+    throttle: watch::Receiver<f64>,
+) -> telemetry::cluster::StatusFn {
+    let rate = telemetry::cluster::Rate::default();
+    Arc::new(move || {
+        let published = Counters::get(&c.published);
+        serde_json::json!({
+            "read": Counters::get(&c.read),
+            "published": published,
+            "published_per_second": rate.per_second(published),
+            "invalid": Counters::get(&c.invalid),
+            "skipped": Counters::get(&c.skipped),
+            "throttle_rate": *throttle.borrow(),
+            "held": gate.held().map(|h| h.reason()),
+        })
+    })
+}
+
 /// Runs until every finite input is published, or until `shutdown` fires for endless inputs.
 pub async fn run(
     cfg: Config,
@@ -162,6 +184,7 @@ pub async fn run(
     let (tx, rx) = mpsc::channel(cfg.buffer);
     let (group_tx, group_rx) = mpsc::channel(cfg.publishers);
     let (throttle_tx, throttle_rx) = watch::channel(1.0);
+    let throttle_seen = throttle_rx.clone();
     let give_up = CancellationToken::new();
     let stop_inputs = shutdown.child_token();
 
@@ -186,7 +209,7 @@ pub async fn run(
         counters: counters.clone(),
         settings: settings.subscribe(),
         linger: cfg.linger,
-        throttle: throttle_rx,
+        throttle: throttle_rx.clone(),
         draining: shutdown.clone(),
     };
     let flow = TaskTracker::new();
@@ -206,7 +229,21 @@ pub async fn run(
     // hand-over fails and the pipeline unwinds instead of waiting on a channel nobody reads.
     drop(group_rx);
 
-    let sink = Sink::new(tx, counters.clone(), storage.pressure.clone(), settings);
+    let gate = Gate::new(storage.pressure.clone(), settings.clone());
+    let sink = Sink::new(tx, counters.clone(), gate.clone());
+    tokio::spawn(telemetry::cluster::register(
+        client.clone(),
+        keys.clone(),
+        Registration::now(
+            Role::Streamer,
+            telemetry::cluster::process_id(),
+            started.admin.addr.map(|a| a.to_string()),
+        ),
+        status(counters.clone(), gate, throttle_seen),
+        started.admin.readiness.clone(),
+        settings,
+        stop_helpers.clone(),
+    ));
     let inputs = TaskTracker::new();
     if let Some(l) = listeners.ingest {
         tracing::info!(addr = ?l.local_addr().ok(), "serving POST /api/v1/ingest and gRPC Ingest");

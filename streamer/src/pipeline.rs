@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use telemetry::proto::TelemetryRecord;
-use telemetry::queue::{envelope, Encoded, Publisher, SCHEMA_VERSION};
+use telemetry::queue::{envelope_traced, Encoded, Publisher, SCHEMA_VERSION};
 use telemetry::record::{assign_identity, now_nanos};
 use telemetry::settings::{catalog, Snapshot};
 use telemetry::throttle::TokenBucket;
@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::counters::Counters;
+use crate::source::Input;
 
 /// A record timestamp meaning "stamp me with the processing time when you publish me"
 /// (`--timestamps now`). Sources read ahead into the buffer, so stamping at read time would
@@ -79,11 +80,7 @@ pub struct Batcher {
 
 impl Batcher {
     /// Runs until the record channel closes; sends full Txn groups to `out`.
-    pub async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<TelemetryRecord>,
-        out: mpsc::Sender<Vec<Encoded>>,
-    ) {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Input>, out: mpsc::Sender<Vec<Encoded>>) {
         let per_message = self.publisher.limits().records_per_message();
         let group_size = self.publisher.limits().max_txn_ops as usize;
         let rate = self.rate();
@@ -91,6 +88,7 @@ impl Batcher {
         let mut recent = RecentKeys::new(65_536);
         let max_bytes = self.publisher.limits().message_bytes();
         let mut records: Vec<TelemetryRecord> = Vec::with_capacity(per_message);
+        let mut traces: Vec<Arc<str>> = Vec::new();
         let mut bytes = 0usize;
         let mut messages: Vec<Encoded> = Vec::new();
         let mut deadline: Option<Instant> = None;
@@ -106,7 +104,11 @@ impl Batcher {
                 None => rx.recv().await.map(Some),
             };
             let closed = next.is_none();
-            if let Some(Some(mut r)) = next {
+            if let Some(Some(Input {
+                record: mut r,
+                trace,
+            })) = next
+            {
                 if draining.is_cancelled() && !announced {
                     announced = true;
                     tracing::info!(
@@ -132,20 +134,19 @@ impl Batcher {
                 observed.tick();
                 let size = prost::Message::encoded_len(&r);
                 if !records.is_empty() && bytes + size > max_bytes {
-                    messages.push(
-                        self.publisher
-                            .encode(&envelope(std::mem::take(&mut records), SCHEMA_VERSION)),
-                    );
+                    messages.push(self.seal(&mut records, &mut traces));
                     bytes = 0;
                 }
                 bytes += size;
                 records.push(r);
+                if let Some(t) = trace {
+                    if !traces.contains(&t) {
+                        traces.push(t);
+                    }
+                }
                 deadline.get_or_insert_with(|| Instant::now() + self.linger);
                 if records.len() >= per_message {
-                    messages.push(
-                        self.publisher
-                            .encode(&envelope(std::mem::take(&mut records), SCHEMA_VERSION)),
-                    );
+                    messages.push(self.seal(&mut records, &mut traces));
                     bytes = 0;
                 }
                 if messages.len() < group_size {
@@ -154,10 +155,7 @@ impl Batcher {
             }
             // Linger expired, a group is full, or the input ended: flush what we have.
             if !records.is_empty() {
-                messages.push(
-                    self.publisher
-                        .encode(&envelope(std::mem::take(&mut records), SCHEMA_VERSION)),
-                );
+                messages.push(self.seal(&mut records, &mut traces));
                 bytes = 0;
             }
             deadline = None;
@@ -168,6 +166,14 @@ impl Batcher {
                 return;
             }
         }
+    }
+
+    /// Wraps the records gathered so far into one encoded message, with their traces.
+    fn seal(&self, records: &mut Vec<TelemetryRecord>, traces: &mut Vec<Arc<str>>) -> Encoded {
+        let traces = traces.drain(..).map(|t| t.to_string()).collect();
+        let msg = envelope_traced(std::mem::take(records), SCHEMA_VERSION, traces);
+        tracing::debug!(message_id = %msg.id, trace_id = %msg.trace_id, records = msg.records.len(), "message formed");
+        self.publisher.encode(&msg)
     }
 
     /// `stream.rate` now (its flag, or the live setting).

@@ -27,8 +27,8 @@ use telemetry::etcd::{Context, EtcdError};
 use telemetry::shutdown::or_cancel;
 use tokio_util::sync::CancellationToken;
 
-use crate::lease::KeptLease;
 use crate::Shared;
+use telemetry::lease::KeptLease;
 
 /// What entitles this collector to maintain storage.
 #[derive(Debug, Clone)]

@@ -1,9 +1,11 @@
 //! REST handlers. Query strings are parsed by hand from a map so that every bad parameter
 //! gets the contract's JSON error with a precise message, not the extractor's plain text.
 
+pub mod cluster;
 pub mod config;
 pub mod gpus;
 pub mod invalid;
+pub mod messages;
 pub mod telemetry;
 
 use std::collections::HashMap;
@@ -44,6 +46,25 @@ pub struct Page<T> {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(required = false)]
     next_cursor: Option<String>,
+}
+
+/// `{"success": true, "data": {...}, "count": N}` for an answer that is one object; `count`
+/// counts what the object lists (members, stages).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct One<T> {
+    /// Always true on success.
+    success: bool,
+    data: T,
+    /// Entries the object lists.
+    count: usize,
+}
+
+pub fn one<T: Serialize>(data: T, count: usize) -> Json<One<T>> {
+    Json(One {
+        success: true,
+        data,
+        count,
+    })
 }
 
 pub fn ok<T: Serialize>(data: Vec<T>, next_cursor: Option<String>) -> Json<Page<T>> {

@@ -4,6 +4,8 @@
 //! Every pushed record is validated at the door, so the client learns at once which rows
 //! were refused and why; the valid ones go on even when others in the same body are bad.
 
+use std::sync::Arc;
+
 use crate::dcgm_csv::{DcgmCsvReader, RowError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -34,9 +36,27 @@ pub struct IngestReport {
     #[serde(default)]
     pub missing: u64,
     pub reasons: Vec<String>,
+    /// The W3C trace id the request's records travel under: its `traceparent`'s, or a new
+    /// one. Every log line about their messages carries it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace_id: String,
+    #[serde(skip)]
+    trace: Option<Arc<str>>,
 }
 
 impl IngestReport {
+    /// A report for a request that sent `traceparent` (or none).
+    fn traced(traceparent: Option<&str>) -> Self {
+        let trace_id = traceparent
+            .and_then(telemetry::trace::from_traceparent)
+            .unwrap_or_else(telemetry::trace::new_trace_id);
+        Self {
+            trace: Some(Arc::from(trace_id.as_str())),
+            trace_id,
+            ..Default::default()
+        }
+    }
+
     fn missing(&mut self, sink: &Sink, e: &RowError) {
         sink.reject("ingest", e);
         self.missing += 1;
@@ -60,7 +80,7 @@ impl IngestReport {
             return true;
         }
         self.accepted += 1;
-        sink.send(r).await
+        sink.send_traced(r, self.trace.clone()).await
     }
 }
 
@@ -186,7 +206,9 @@ async fn http_ingest(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("json"));
-    let mut report = IngestReport::default();
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let mut report = IngestReport::traced(traceparent);
+    tracing::debug!(trace_id = %report.trace_id, bytes = body.len(), "ingest request");
     if is_json {
         let records = match json_records(&body) {
             Ok(r) => r,
@@ -262,8 +284,14 @@ impl Ingest for GrpcIngest {
             );
             return Err(refused);
         }
+        let traceparent = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut report = IngestReport::traced(traceparent.as_deref());
+        tracing::debug!(trace_id = %report.trace_id, "gRPC ingest request");
         let mut stream = request.into_inner();
-        let mut report = IngestReport::default();
         let mut n = 0u64;
         while let Some(mut r) = stream.message().await? {
             n += 1;

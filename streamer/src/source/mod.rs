@@ -38,13 +38,44 @@ pub trait Source: Send + 'static {
     ) -> BoxFuture<'static, Result<(), SourceError>>;
 }
 
+/// A record on its way to the batcher, with the trace it belongs to, if its source has one.
+#[derive(Debug)]
+pub struct Input {
+    pub record: TelemetryRecord,
+    pub trace: Option<Arc<str>>,
+}
+
 /// Where sources put records: a bounded channel to the publisher, plus the counters.
 #[derive(Clone)]
 pub struct Sink {
-    tx: mpsc::Sender<TelemetryRecord>,
+    tx: mpsc::Sender<Input>,
     pub counters: Arc<Counters>,
+    gate: Gate,
+}
+
+/// What decides whether the pipeline takes input now. Kept apart from [`Sink`] so that a
+/// reporter can ask without holding the record channel open.
+#[derive(Clone)]
+pub struct Gate {
     storage: watch::Receiver<Pressure>,
     settings: Settings,
+}
+
+impl Gate {
+    pub fn new(storage: watch::Receiver<Pressure>, settings: Settings) -> Self {
+        Self { storage, settings }
+    }
+
+    /// Why input is held now, if it is: the kill switch, or etcd without room.
+    pub fn held(&self) -> Option<Held> {
+        if !self.settings.now().ingestion_enabled() {
+            Some(Held::IngestionOff)
+        } else if *self.storage.borrow() == Pressure::Full {
+            Some(Held::StorageFull)
+        } else {
+            None
+        }
+    }
 }
 
 /// Why the pipeline holds its input now.
@@ -83,31 +114,15 @@ impl Held {
 }
 
 impl Sink {
-    pub fn new(
-        tx: mpsc::Sender<TelemetryRecord>,
-        counters: Arc<Counters>,
-        storage: watch::Receiver<Pressure>,
-        settings: Settings,
-    ) -> Self {
-        Self {
-            tx,
-            counters,
-            storage,
-            settings,
-        }
+    pub fn new(tx: mpsc::Sender<Input>, counters: Arc<Counters>, gate: Gate) -> Self {
+        Self { tx, counters, gate }
     }
 
     /// Whether the pipeline holds what it has now (the kill switch, or etcd without room): a
     /// source that cannot wait (a device scrape) skips, and a push is told to come back later.
     /// File sources simply wait, since the pipeline stops taking their records.
     pub fn held(&self) -> Option<Held> {
-        if !self.settings.now().ingestion_enabled() {
-            Some(Held::IngestionOff)
-        } else if *self.storage.borrow() == Pressure::Full {
-            Some(Held::StorageFull)
-        } else {
-            None
-        }
+        self.gate.held()
     }
 
     /// Counts a device scrape's samples as skipped while input is held; true if skipped.
@@ -128,11 +143,16 @@ impl Sink {
     /// A record too large to ever be stored is counted invalid and logged here, at the door:
     /// queued, it would block every record behind it.
     pub async fn send(&self, r: TelemetryRecord) -> bool {
+        self.send_traced(r, None).await
+    }
+
+    /// [`send`](Self::send) for a record of a known trace (a push request's `traceparent`).
+    pub async fn send_traced(&self, record: TelemetryRecord, trace: Option<Arc<str>>) -> bool {
         self.counters.read(1);
-        if self.too_large(&r) {
+        if self.too_large(&record) {
             return true;
         }
-        self.tx.send(r).await.is_ok()
+        self.tx.send(Input { record, trace }).await.is_ok()
     }
 
     /// Same as [`send`](Self::send), for sources that run on a blocking thread.
@@ -141,7 +161,12 @@ impl Sink {
         if self.too_large(&r) {
             return true;
         }
-        self.tx.blocking_send(r).is_ok()
+        self.tx
+            .blocking_send(Input {
+                record: r,
+                trace: None,
+            })
+            .is_ok()
     }
 
     fn too_large(&self, r: &TelemetryRecord) -> bool {

@@ -23,6 +23,9 @@ pub struct Report {
     pub ceiling_keys_per_s: f64,
     pub ceiling_samples: Vec<f64>,
     pub ingest: Vec<Ingest>,
+    /// 4-collector runs with message states off (MESSAGE_STATE_TTL=0), alternating with the
+    /// 4-collector runs of `ingest`, which have them on (the default).
+    pub ingest_states_off: Vec<Ingest>,
     pub latency: Option<Latency>,
     pub query: Option<Query>,
     pub big_csv: Option<BigCsv>,
@@ -79,7 +82,7 @@ impl Report {
     /// The baseline is the mean of the ceiling samples; every ingest ratio is to it.
     pub fn set_ceiling(&mut self) {
         self.ceiling_keys_per_s = mean(self.ceiling_samples.iter().copied());
-        for i in &mut self.ingest {
+        for i in self.ingest.iter_mut().chain(&mut self.ingest_states_off) {
             i.ratio_to_ceiling = i.records_per_s / self.ceiling_keys_per_s;
         }
     }
@@ -139,6 +142,26 @@ impl Report {
                 rounds.join(", "),
                 mean(four.iter().map(|i| i.records_per_s))
                     / mean(one.iter().map(|i| i.records_per_s))
+            );
+        }
+        if let (Some((_, on)), false) = (
+            configs.iter().find(|(n, _)| *n == 4),
+            self.ingest_states_off.is_empty(),
+        ) {
+            let off = &self.ingest_states_off;
+            let rounds: Vec<String> = on
+                .iter()
+                .zip(off)
+                .map(|(a, b)| format!("{:.2}", a.records_per_s / b.records_per_s))
+                .collect();
+            t += &format!(
+                "| ingest with message states on vs off, 4 collectors (off: {} records/s; per round {}) | {:.2}x | ≥ 0.95x |\n",
+                off.iter()
+                    .map(|i| format!("{:.0}", i.records_per_s))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                rounds.join(", "),
+                mean(on.iter().map(|i| i.records_per_s)) / mean(off.iter().map(|i| i.records_per_s))
             );
         }
         for (n, runs) in &configs {

@@ -41,6 +41,16 @@ pub fn generate(out: &Path, hosts: usize, steps: usize, seed: u64) -> u64 {
 }
 
 pub fn start_collectors(n: usize, endpoints: &[String], prefix: &str) -> (Vec<Proc>, Vec<u16>) {
+    start_collectors_with(n, endpoints, prefix, &[])
+}
+
+/// [`start_collectors`] with more environment (a setting under test).
+pub fn start_collectors_with(
+    n: usize,
+    endpoints: &[String],
+    prefix: &str,
+    extra: &[(&'static str, String)],
+) -> (Vec<Proc>, Vec<u16>) {
     let mut procs = Vec::new();
     let mut ports = Vec::new();
     for i in 0..n {
@@ -48,6 +58,7 @@ pub fn start_collectors(n: usize, endpoints: &[String], prefix: &str) -> (Vec<Pr
         let mut env = base_env(endpoints, prefix);
         env.push(("ADMIN_LISTEN", format!("127.0.0.1:{port}")));
         env.push(("COLLECTOR_ID", format!("bench-{i}")));
+        env.extend(extra.iter().cloned());
         procs.push(Proc::spawn("collector", &[], &env));
         ports.push(port);
     }

@@ -130,15 +130,26 @@ async fn main() {
     let rounds = if quick { 1 } else { rounds.max(1) };
     let mut kept = None;
     for round in 1..=rounds {
-        for n in [1, 4] {
-            eprintln!("[{}/6] ingest of {records} records with {n} collector(s), round {round} of {rounds}", if n == 1 { 2 } else { 3 });
+        // Message states on is the default; off (MESSAGE_STATE_TTL=0) measures what they cost.
+        for (n, states) in [(1, true), (4, false), (4, true)] {
+            let off = if states { "" } else { ", message states off" };
+            eprintln!("[{}/6] ingest of {records} records with {n} collector(s){off}, round {round} of {rounds}", if n == 1 { 2 } else { 3 });
             let etcd = EtcdCluster::start(members, &ETCD_ARGS).await;
             let eps = etcd.all_endpoints();
-            let collectors = scenarios::start_collectors(n, &eps, "/bench");
-            report.ingest.push(
-                scenarios::ingest(&etcd, "/bench", &fleet_a, records, &collectors, f64::NAN).await,
-            );
-            if n == 4 && round == rounds {
+            let env = if states {
+                vec![]
+            } else {
+                vec![("MESSAGE_STATE_TTL", "0".to_string())]
+            };
+            let collectors = scenarios::start_collectors_with(n, &eps, "/bench", &env);
+            let run =
+                scenarios::ingest(&etcd, "/bench", &fleet_a, records, &collectors, f64::NAN).await;
+            if states {
+                report.ingest.push(run);
+            } else {
+                report.ingest_states_off.push(run);
+            }
+            if n == 4 && states && round == rounds {
                 kept = Some((etcd, eps, collectors));
             } else {
                 collectors.0.into_iter().for_each(|p| p.stop());

@@ -99,6 +99,7 @@ async fn a_collector_whose_lease_expired_cannot_commit() {
         mod_revision: kv.mod_revision(),
         message_id: String::new(),
         schema_version: "v1".into(),
+        progress: Default::default(),
     };
 
     // ...then stalls until its lease expires (etcd deletes the claim) and B claims the partition.

@@ -1,6 +1,7 @@
 //! Every integration and end-to-end test, in one test binary (one link of the workspace
 //! instead of one per file). Each module starts real etcd processes on free loopback ports.
 
+mod cluster;
 mod collector_faults;
 mod collector_invalid;
 mod collector_protocol;
@@ -12,6 +13,7 @@ mod gateway_limits;
 mod gateway_live;
 mod gateway_registry;
 mod live_config;
+mod messages;
 mod openapi;
 mod pipeline;
 mod readme;

@@ -51,6 +51,26 @@ async fn the_openapi_document_matches_what_the_gateway_answers() {
         "{}",
         gateway.stderr()
     );
+    // A message the load stored, so that `GET /api/v1/messages/{id}` is tried with a real one.
+    let states = etcd
+        .client()
+        .await
+        .get(
+            format!("{prefix}/trace/"),
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_limit(1),
+            ),
+        )
+        .await
+        .expect("read message states");
+    let message_id = states
+        .kvs()
+        .first()
+        .and_then(|kv| kv.key_str().ok()?.rsplit('/').next().map(str::to_string))
+        .expect("the load left message states");
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/schemathesis.toml");
     let out = tokio::process::Command::new(schemathesis())
         .args(["--config-file", config, "run"])
@@ -59,6 +79,7 @@ async fn the_openapi_document_matches_what_the_gateway_answers() {
         // A WebSocket is not an HTTP operation schemathesis can call.
         .args(["--exclude-path", "/api/v1/ws/telemetry"])
         .env("NO_COLOR", "1")
+        .env("MESSAGE_ID", &message_id)
         .output()
         .await
         .expect("run schemathesis");

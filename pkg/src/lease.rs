@@ -12,11 +12,14 @@ use etcd_client::Client;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use telemetry::etcd::{Context, EtcdError};
+use crate::etcd::{Context, EtcdError};
 
+/// A granted lease and the signal that it is gone.
 #[derive(Debug, Clone)]
 pub struct KeptLease {
+    /// The lease id, to attach keys to.
     pub id: i64,
+    /// Its TTL as granted.
     pub ttl: Duration,
     lost: CancellationToken,
 }
@@ -46,6 +49,7 @@ impl KeptLease {
         &self.lost
     }
 
+    /// Whether [`KeptLease::lost`] has fired.
     pub fn is_lost(&self) -> bool {
         self.lost.is_cancelled()
     }
