@@ -155,11 +155,18 @@ mod tests {
         let plan = chunks(2, 120, 6, 128, 1);
         assert_eq!(plan.len(), 2);
         for c in &plan {
-            assert!(c.valid.len() * 2 + c.invalid.len() + LAST_OPS <= 128, "{c:?}");
+            assert!(
+                c.valid.len() * 2 + c.invalid.len() + LAST_OPS <= 128,
+                "{c:?}"
+            );
         }
         assert_eq!(plan[0].valid, 0..62);
         assert_eq!(plan[1].valid, 62..120);
-        assert_eq!(plan[0].invalid, 0..1, "one invalid entry fills the first Txn");
+        assert_eq!(
+            plan[0].invalid,
+            0..1,
+            "one invalid entry fills the first Txn"
+        );
         assert_eq!(plan[1].invalid, 1..6);
         assert!(!plan[0].last && plan[1].last);
     }

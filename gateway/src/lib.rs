@@ -7,6 +7,7 @@ pub mod cursor;
 pub mod error;
 pub mod gpu_registry;
 pub mod hub;
+pub mod latest;
 pub mod live;
 pub mod openapi;
 pub mod query_cache;
@@ -62,6 +63,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/hosts", get(api::gpus::list_hosts))
         .route("/api/v1/hosts/{hostname}/gpus", get(api::gpus::host_gpus))
         .route("/api/v1/invalid", get(api::invalid::list_invalid))
+        .route("/api/v1/fleet/latest", get(api::fleet::latest))
+        .route("/api/v1/fleet/summary", get(api::fleet::summary))
         .route("/api/v1/cluster", get(api::cluster::cluster))
         .route("/api/v1/messages/{id}", get(api::messages::message))
         .route("/api/v1/config", get(api::config::list_config))
@@ -153,15 +156,24 @@ pub fn state(
         readiness.clone(),
         stop.clone(),
     ));
-    if cfg.ws_enabled || cache.enabled() {
-        tasks.spawn(live::follow(
-            hub.clone(),
-            cache.clone(),
-            client.clone(),
-            keys.clone(),
-            stop.clone(),
-        ));
-    }
+    // Always followed: the latest-value index needs it even without WebSockets or a cache.
+    let latest = latest::Latest::default();
+    readiness.block("latest", "loading the latest-value index");
+    tasks.spawn(live::follow(
+        hub.clone(),
+        cache.clone(),
+        latest.clone(),
+        client.clone(),
+        keys.clone(),
+        stop.clone(),
+    ));
+    tasks.spawn(latest::load(
+        latest.clone(),
+        registry.clone(),
+        (client.clone(), keys.clone()),
+        readiness.clone(),
+        stop.clone(),
+    ));
     // The gateway follows the live configuration for its log level; the API reads etcd.
     let (c, k, startup, stop_follow) = (
         client.clone(),
@@ -203,6 +215,7 @@ pub fn state(
         hub,
         cache,
         chunks,
+        latest,
         ws_clients,
         limiter,
         readiness,

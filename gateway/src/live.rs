@@ -1,7 +1,7 @@
 //! The gateway's single etcd watch on stored telemetry.
 //!
-//! It feeds the WebSocket hub (every newly stored record) and the query cache (every put and
-//! delete, so cached pages go stale exactly when their GPU changes). One watch per gateway,
+//! It feeds the WebSocket hub (every newly stored record), the latest-value index, and the
+//! query cache (every put and delete, so cached pages go stale exactly when their GPU changes). One watch per gateway,
 //! never one per client. When etcd cancels it for compaction, what changed since the last
 //! revision seen is re-read and the watch resumes from the read's revision + 1, so no record
 //! is missed; the query cache is emptied, since a re-read cannot show deletions.
@@ -12,12 +12,14 @@ use telemetry::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
+use crate::latest::Latest;
 use crate::query_cache::QueryCache;
 
 /// Watches stored telemetry until `stop` fires.
 pub async fn follow(
     hub: Hub,
     cache: QueryCache,
+    latest: Latest,
     client: Client,
     keys: Keys,
     stop: CancellationToken,
@@ -26,6 +28,7 @@ pub async fn follow(
     let follower = Live {
         hub,
         cache,
+        latest,
         keys,
         root: root.clone(),
     };
@@ -42,6 +45,7 @@ pub async fn follow(
 struct Live {
     hub: Hub,
     cache: QueryCache,
+    latest: Latest,
     keys: Keys,
     root: String,
 }
@@ -63,8 +67,14 @@ impl watch::Follower for Live {
             (Some(since), true) => {
                 tracing::info!(since, "live watch compacted; re-reading what it missed");
                 self.cache.watch_lost(true);
-                let hub = &self.hub;
-                let read = replay(client, &self.root, since, |rev, v| hub.publish(rev, v)).await?;
+                let (hub, latest) = (&self.hub, &self.latest);
+                let read = replay(client, &self.root, since, |rev, v| {
+                    hub.publish(rev, v);
+                    if let Some(r) = telemetry::store::decode(v) {
+                        latest.observe(&r);
+                    }
+                })
+                .await?;
                 Ok(Some(read + 1))
             }
             (Some(rev), false) => Ok(Some(rev)),
@@ -84,6 +94,9 @@ impl watch::Follower for Live {
             }
             if ev.event_type() == EventType::Put {
                 self.hub.publish(rev, kv.value());
+                if let Some(r) = telemetry::store::decode(kv.value()) {
+                    self.latest.observe(&r);
+                }
             }
         }
         watch::Flow::Continue

@@ -44,6 +44,8 @@ pub struct Shared {
     pub cache: QueryCache,
     /// Decoded folded chunks, shared by reads (checked against the bytes each read fetches).
     pub chunks: Chunks,
+    /// Every GPU's newest value of every metric (`fleet/latest`, `fleet/summary`).
+    pub latest: crate::latest::Latest,
     pub ws_clients: Arc<AtomicUsize>,
     pub limiter: RateLimiter,
     /// What `/ready` reports.

@@ -1,8 +1,10 @@
 //! REST handlers. Query strings are parsed by hand from a map so that every bad parameter
 //! gets the contract's JSON error with a precise message, not the extractor's plain text.
 
+pub mod aggregate;
 pub mod cluster;
 pub mod config;
+pub mod fleet;
 pub mod gpus;
 pub mod invalid;
 pub mod messages;

@@ -17,7 +17,7 @@ use telemetry::proto::TelemetryRecord;
 use telemetry::store::read::{chunk_rows, first_reads};
 use telemetry::store::scan;
 
-use super::{ok, param, typed_param, Page, Params};
+use super::{ok, param, typed_param, Params};
 use crate::cursor::Cursor;
 use crate::error::{AppError, ErrorBody};
 use crate::state::AppState;
@@ -71,8 +71,10 @@ fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, Ap
         ("metric" = Option<String>, Query, description = "only this metric"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "default 100, at most 10000"),
         ("cursor" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]*$", description = "next_cursor of the previous page (opaque)"),
+        ("step" = Option<String>, Query, pattern = "^[0-9]+(s|m|h|d)$", description = "one point per step and metric instead of samples, e.g. 1m (at least 1s; at most 10000 buckets)"),
+        ("agg" = Option<String>, Query, pattern = "^(avg|min|max|last|count)$", description = "with step: avg (default), min, max, last or count"),
     ),
-    responses((status = 200, description = "telemetry entries", body = Page<TelemetryEntry>), (status = 400, description = "bad parameter", body = ErrorBody), (status = 404, description = "unknown GPU", body = ErrorBody)))]
+    responses((status = 200, description = "telemetry entries, or aggregated points with step", body = super::aggregate::TelemetryAnswer), (status = 400, description = "bad parameter", body = ErrorBody), (status = 404, description = "unknown GPU", body = ErrorBody)))]
 pub async fn gpu_telemetry(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -98,6 +100,11 @@ pub async fn gpu_telemetry(
     let targets = s.registry.resolve(&id, param(&p, "hostname"));
     if targets.is_empty() {
         return Err(AppError::NotFound(format!("no GPU {id:?} has telemetry")));
+    }
+    if super::aggregate::wanted(&p) {
+        return Ok(super::aggregate::answer(&s, &p, &targets, (start, end))
+            .await?
+            .into_response());
     }
     if start.is_some() && start == end {
         // [t, t) holds nothing.

@@ -6,6 +6,7 @@
 //! times make byte order time order, so a GPU's time range is one range read or one
 //! `DeleteRange`, and the content hash as the last part makes the key the dedupe entry.
 
+pub mod aggregate;
 pub mod cache;
 pub mod chunk;
 pub mod read;

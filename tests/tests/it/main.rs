@@ -12,6 +12,7 @@ mod gateway_cache;
 mod gateway_limits;
 mod gateway_live;
 mod gateway_registry;
+mod insight;
 mod live_config;
 mod messages;
 mod openapi;
