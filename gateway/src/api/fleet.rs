@@ -76,7 +76,7 @@ pub struct HostStats {
 /// Every GPU's most recent value of `metric`, with its timestamp, by host then GPU.
 #[utoipa::path(get, path = "/api/v1/fleet/latest",
     params(
-        ("metric" = String, Query, pattern = "^.+$", description = "e.g. DCGM_FI_DEV_GPU_TEMP"),
+        ("metric" = String, Query, pattern = "[\\s\\S]", description = "e.g. DCGM_FI_DEV_GPU_TEMP"),
         ("hostname" = Option<String>, Query, description = "only this host's GPUs"),
     ),
     responses((status = 200, description = "each GPU's newest value", body = Page<LatestValue>),
