@@ -13,10 +13,10 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::Client;
 
 use super::cache::Chunks;
-use super::read::scan;
+use super::read::{chunk_start, read_opts, scan};
 use crate::etcd::{Context, EtcdError};
 use crate::keys::{key_time, prefix_end};
 
@@ -176,15 +176,10 @@ pub async fn gather(
             _ => break,
         }
     }
-    // A chunk's key is its window's end: the first that can hold `from` ends after it.
-    let mut next = format!("{chunk_prefix}{}\0", key_time(from)).into_bytes();
+    let mut next = chunk_start(chunk_prefix, &key_time(from));
     let chunk_end = prefix_end(chunk_prefix);
     loop {
-        let opts = GetOptions::new()
-            .with_range(chunk_end.clone())
-            .with_limit(CHUNK_PAGE)
-            .with_serializable()
-            .with_revision(revision);
+        let opts = read_opts(chunk_end.clone(), CHUNK_PAGE, revision);
         let resp = client
             .kv_client()
             .get(next.clone(), Some(opts))

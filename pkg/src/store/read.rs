@@ -29,7 +29,7 @@ pub async fn scan(
 /// read-index round trip (a page pinned to a revision is consistent either way; a first page
 /// may trail the leader by a heartbeat on a follower, which is fine for telemetry; a Txn of
 /// serializable ranges is serializable too), at `revision` when one is given.
-fn read_opts(end: impl Into<Vec<u8>>, limit: i64, revision: i64) -> GetOptions {
+pub(super) fn read_opts(end: impl Into<Vec<u8>>, limit: i64, revision: i64) -> GetOptions {
     let opts = GetOptions::new()
         .with_range(end)
         .with_limit(limit)
@@ -100,7 +100,7 @@ pub async fn first_reads(
 }
 
 /// Where [`chunk_rows`] starts reading: the first chunk whose window ends after `from`'s time.
-fn chunk_start(chunk_prefix: &str, from: &str) -> Vec<u8> {
+pub(super) fn chunk_start(chunk_prefix: &str, from: &str) -> Vec<u8> {
     match from.get(..KEY_TIME_LEN) {
         Some(time) => format!("{chunk_prefix}{time}\0"),
         None => chunk_prefix.to_string(),
