@@ -149,6 +149,20 @@ pub fn binary(name: &str) -> PathBuf {
     p
 }
 
+/// Writes a synthetic fleet CSV to `out` with `streamer generate {args} --out {out}`, as a
+/// user runs it.
+pub fn generate(out: &Path, args: &[&str]) {
+    let status = std::process::Command::new(binary("streamer"))
+        .arg("generate")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run streamer generate");
+    assert!(status.success(), "streamer generate {args:?} failed");
+}
+
 /// Logs for tests, at RUST_LOG (default warn).
 pub fn init_tracing() {
     let filter =

@@ -16,22 +16,18 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) fn generate(dir: &Path, hosts: usize, steps: usize) -> std::path::PathBuf {
     let out = dir.join("fleet.csv");
-    let status = Command::new(binary("streamer"))
-        .args([
-            "generate",
+    let (hosts, steps) = (hosts.to_string(), steps.to_string());
+    pipeline_tests::services::generate(
+        &out,
+        &[
             "--hosts",
-            &hosts.to_string(),
+            &hosts,
             "--gpus-per-host",
             "10",
             "--steps",
-            &steps.to_string(),
-            "--out",
-        ])
-        .arg(&out)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+            &steps,
+        ],
+    );
     out
 }
 

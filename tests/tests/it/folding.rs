@@ -5,12 +5,11 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pipeline_tests::checks::{checksum, csv_records, stored, stored_records};
 use pipeline_tests::process::{free_port, Proc};
-use pipeline_tests::services::{binary, count, start_gateway, unique_prefix, wait_until};
+use pipeline_tests::services::{count, start_gateway, unique_prefix, wait_until};
 use pipeline_tests::{sample_csv, EtcdCluster};
 use serde_json::Value;
 
@@ -161,15 +160,22 @@ async fn a_fold_while_ingest_writes_its_windows_then_late_samples_then_a_replay_
 /// Writes a fleet CSV that spans two fold windows, in the past.
 fn two_windows(dir: &Path, hosts: usize) -> std::path::PathBuf {
     let out = dir.join("fleet.csv");
-    let status = Command::new(binary("streamer"))
-        .args(["generate", "--hosts", &hosts.to_string()])
-        .args(["--gpus-per-host", "8", "--steps", "60", "--interval", "10s"])
-        .args(["--start", "2025-01-01T00:55:00Z", "--out"])
-        .arg(&out)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let hosts = hosts.to_string();
+    pipeline_tests::services::generate(
+        &out,
+        &[
+            "--hosts",
+            &hosts,
+            "--gpus-per-host",
+            "8",
+            "--steps",
+            "60",
+            "--interval",
+            "10s",
+            "--start",
+            "2025-01-01T00:55:00Z",
+        ],
+    );
     out
 }
 

@@ -21,21 +21,19 @@ async fn last_seen_is_each_gpus_newest_reading_after_a_burst_of_history() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("history.csv");
     // 100 steps of 10 s: 16.5 minutes of readings, long ago.
-    let ok = std::process::Command::new(pipeline_tests::services::binary("streamer"))
-        .args([
-            "generate",
+    pipeline_tests::services::generate(
+        &csv,
+        &[
             "--hosts",
             "3",
             "--gpus-per-host",
             "2",
             "--steps",
             "100",
-        ])
-        .args(["--start", "2025-07-18T20:00:00Z", "--out"])
-        .arg(&csv)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+            "--start",
+            "2025-07-18T20:00:00Z",
+        ],
+    );
     let (collector, _) = start_collector(etcd.endpoints(), &prefix, |_| {});
     stream_csv(etcd.endpoints(), &prefix, &[&csv]).await;
     let (gw, base) = start_gateway(etcd.endpoints(), &prefix, |_| {}).await;

@@ -5,13 +5,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chrono::DateTime;
 use pipeline_tests::checks::{csv_records, stored};
 use pipeline_tests::process::{free_port, Proc};
-use pipeline_tests::services::{binary, count, unique_prefix, wait_until};
+use pipeline_tests::services::{count, unique_prefix, wait_until};
 use pipeline_tests::{sample_csv, EtcdCluster};
 use serde_json::Value;
 use telemetry::proto::TelemetryRecord;
@@ -183,22 +182,24 @@ async fn fleet_latest_is_the_newest_input_value_of_every_gpu_seen_live_or_loaded
 /// A generated fleet of one host's 2 GPUs, `steps` scrapes 10 s apart from `start`.
 fn fleet(dir: &Path, name: &str, start: &str, steps: usize) -> PathBuf {
     let out = dir.join(name);
-    let status = Command::new(binary("streamer"))
-        .args(["generate", "--hosts", "1", "--gpus-per-host", "2"])
-        .args([
+    let steps = steps.to_string();
+    pipeline_tests::services::generate(
+        &out,
+        &[
+            "--hosts",
+            "1",
+            "--gpus-per-host",
+            "2",
             "--steps",
-            &steps.to_string(),
+            &steps,
             "--interval",
             "10s",
             "--seed",
             "7",
-        ])
-        .args(["--start", start, "--out"])
-        .arg(&out)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+            "--start",
+            start,
+        ],
+    );
     out
 }
 

@@ -1,14 +1,11 @@
 //! The streamer under pressure: backpressure from a deep queue, an etcd restart, and shutdown
 //! with a full buffer or with etcd gone.
 
-use std::process::Command;
 use std::time::Duration;
 
 use pipeline_tests::checks::stored;
 use pipeline_tests::checks::{checksum, csv_records, doubles, stored_records};
-use pipeline_tests::services::{
-    binary, count, init_tracing, start_collector, unique_prefix, wait_until,
-};
+use pipeline_tests::services::{count, init_tracing, start_collector, unique_prefix, wait_until};
 use pipeline_tests::EtcdCluster;
 use streamer::{Config, Counters};
 
@@ -82,21 +79,10 @@ async fn publishing_waits_through_an_etcd_restart_and_loses_nothing() {
     let prefix = unique_prefix("restart");
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("fleet.csv");
-    let ok = Command::new(binary("streamer"))
-        .args([
-            "generate",
-            "--hosts",
-            "10",
-            "--gpus-per-host",
-            "10",
-            "--steps",
-            "10",
-            "--out",
-        ])
-        .arg(&csv)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    pipeline_tests::services::generate(
+        &csv,
+        &["--hosts", "10", "--gpus-per-host", "10", "--steps", "10"],
+    );
 
     let (collector, _) = start_collector(etcd.endpoints(), &prefix, |_| {});
     let mut cfg = Config::for_tests(etcd.endpoints(), &prefix);
