@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BINARIES := streamer collector gateway
 
-.PHONY: help deps build build-streamer build-collector build-gateway test test-unit lint fmt bench bench-storage bench-folding bench-cluster demo clean
+.PHONY: help deps build build-streamer build-collector build-gateway test test-unit lint fmt bench bench-storage bench-insight bench-folding bench-cluster demo clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,6 +55,9 @@ bench: ## Benchmark on a fresh single-node etcd; prints a table, writes bench-re
 
 bench-storage: ## Storage lifecycle: a 20M-sample soak on a 256 MiB etcd quota, maintainer on vs off (~70 min)
 	$(MAKE) bench BENCH_ARGS="--storage $(BENCH_ARGS)"
+
+bench-insight: ## Fleet insight: ingest with rules on vs off; one-day aggregate and fleet/latest p99 on 2,504 folded GPUs (~10 min)
+	$(MAKE) bench BENCH_ARGS="--insight $(BENCH_ARGS)"
 
 bench-folding: ## Folding: ingest on vs off, a 20M-sample soak on a 256 MiB quota, bytes per sample against promtool's blocks (~30 min)
 	@command -v promtool >/dev/null || DEBIAN_FRONTEND=noninteractive $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y --no-install-recommends prometheus

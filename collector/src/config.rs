@@ -54,6 +54,11 @@ pub struct Config {
     #[arg(long = "rescan-interval", env = "MQ_RESCAN_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub rescan_interval: Duration,
 
+    /// Where alert transitions (firing, resolved) are sent, as Alertmanager's webhook JSON,
+    /// by the collector that evaluates rules (the storage maintainer).
+    #[arg(long = "alert-webhook-url", env = "ALERT_WEBHOOK_URL")]
+    pub alert_webhook_url: Option<String>,
+
     #[command(flatten)]
     pub storage: StorageArgs,
 

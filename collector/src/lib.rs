@@ -15,6 +15,7 @@ pub mod gpu_registry;
 pub mod identity;
 pub mod inbox;
 pub mod partition;
+mod rules;
 pub mod states;
 pub mod storage;
 pub mod watcher;

@@ -15,10 +15,12 @@ use telemetry::entries::TelemetryEntry;
 use telemetry::proto::TelemetryRecord;
 use tokio::sync::mpsc;
 
-/// One stored record, ready to send.
+/// One stored record (or, for clients that asked, one alert's change), ready to send.
 #[derive(Debug)]
 pub struct Frame {
     pub revision: i64,
+    /// An alert's change rather than a record: only for clients with `?include=alerts`.
+    pub alert: bool,
     pub hostname: String,
     pub gpu_id: String,
     pub uuid: String,
@@ -44,11 +46,46 @@ impl Frame {
         .ok()?;
         Some(Arc::new(Frame {
             revision,
+            alert: false,
             hostname: rec.hostname,
             gpu_id: rec.gpu_id,
             uuid: rec.uuid,
             metric: rec.metric,
             json: json.into(),
+        }))
+    }
+}
+
+#[derive(Serialize)]
+struct AlertBody<'a> {
+    r#type: &'static str,
+    revision: i64,
+    #[serde(flatten)]
+    alert: &'a telemetry::rules::Alert,
+}
+
+impl Frame {
+    /// An alert's change. `cleared` is a pending alert that stopped holding before it fired:
+    /// it is gone, and its frame says `"state": "inactive"`.
+    pub(crate) fn of_alert(revision: i64, value: &[u8], cleared: bool) -> Option<Arc<Frame>> {
+        let alert: telemetry::rules::Alert = serde_json::from_slice(value).ok()?;
+        let mut json = serde_json::to_value(AlertBody {
+            r#type: "alert",
+            revision,
+            alert: &alert,
+        })
+        .ok()?;
+        if cleared {
+            json["state"] = "inactive".into();
+        }
+        Some(Arc::new(Frame {
+            revision,
+            alert: true,
+            hostname: alert.hostname,
+            gpu_id: alert.gpu_id,
+            uuid: alert.uuid,
+            metric: alert.metric,
+            json: json.to_string().into(),
         }))
     }
 }
@@ -84,12 +121,21 @@ impl Hub {
     }
 
     pub(crate) fn publish(&self, revision: i64, value: &[u8]) {
+        self.offer(|| Frame::of(revision, value));
+    }
+
+    /// Offers an alert's change to the clients that asked for alerts.
+    pub(crate) fn publish_alert(&self, revision: i64, value: &[u8], cleared: bool) {
+        self.offer(|| Frame::of_alert(revision, value, cleared));
+    }
+
+    fn offer(&self, frame: impl FnOnce() -> Option<Arc<Frame>>) {
         let mut clients = self.clients.lock().unwrap();
         clients.retain(|c| !c.tx.is_closed());
         if clients.is_empty() {
             return;
         }
-        let Some(frame) = Frame::of(revision, value) else {
+        let Some(frame) = frame() else {
             return;
         };
         for c in clients.iter().filter(|c| c.filter.accepts(&frame)) {
@@ -107,13 +153,17 @@ pub(crate) struct Filter {
     pub(crate) gpu: Option<String>,
     pub(crate) hostname: Option<String>,
     pub(crate) metric: Option<String>,
+    /// Whether alert frames are wanted too (`?include=alerts`).
+    pub(crate) alerts: bool,
 }
 
 impl Filter {
     pub(crate) fn accepts(&self, f: &Frame) -> bool {
-        self.gpu
-            .as_ref()
-            .is_none_or(|g| *g == f.uuid || *g == f.gpu_id)
+        (!f.alert || self.alerts)
+            && self
+                .gpu
+                .as_ref()
+                .is_none_or(|g| *g == f.uuid || *g == f.gpu_id)
             && self.hostname.as_ref().is_none_or(|h| *h == f.hostname)
             && self.metric.as_ref().is_none_or(|m| *m == f.metric)
     }

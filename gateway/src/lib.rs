@@ -1,6 +1,7 @@
 //! The gateway: REST over stored telemetry and a WebSocket live stream, served by axum.
 //! [`app`] builds the router from a state (tests drive it with `oneshot`); [`run`] serves it.
 
+pub mod alerts_live;
 pub mod api;
 pub mod config;
 pub mod cursor;
@@ -66,6 +67,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/fleet/latest", get(api::fleet::latest))
         .route("/api/v1/fleet/summary", get(api::fleet::summary))
         .route("/api/v1/cluster", get(api::cluster::cluster))
+        .route("/api/v1/alerts", get(api::alerts::alerts))
         .route("/api/v1/messages/{id}", get(api::messages::message))
         .route("/api/v1/config", get(api::config::list_config))
         .route("/api/v1/config/{key}", put(api::config::set_config))
@@ -163,6 +165,12 @@ pub fn state(
         hub.clone(),
         cache.clone(),
         latest.clone(),
+        client.clone(),
+        keys.clone(),
+        stop.clone(),
+    ));
+    tasks.spawn(alerts_live::follow(
+        hub.clone(),
         client.clone(),
         keys.clone(),
         stop.clone(),

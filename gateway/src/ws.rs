@@ -40,7 +40,8 @@ impl Drop for Slot {
 /// Live stream of newly stored records as JSON text frames.
 #[utoipa::path(get, path = "/api/v1/ws/telemetry",
     params(("gpu" = Option<String>, Query, description = "GPU UUID or index"), ("hostname" = Option<String>, Query), ("metric" = Option<String>, Query),
-        ("since_revision" = Option<i64>, Query, description = "replay from this etcd revision first")),
+        ("since_revision" = Option<i64>, Query, description = "replay from this etcd revision first"),
+        ("include" = Option<String>, Query, description = "`alerts`: also send alert changes, as frames with \"type\": \"alert\"", pattern = "^(alerts)?$")),
     responses((status = 101, description = "switching to WebSocket"), (status = 400, description = "not a WebSocket request, or a bad parameter", body = crate::error::ErrorBody), (status = 404, description = "the stream is disabled", body = crate::error::ErrorBody), (status = 410, description = "since_revision is older than the compacted history (REVISION_COMPACTED)", body = crate::error::ErrorBody), (status = 503, description = "too many clients", body = crate::error::ErrorBody)))]
 pub async fn ws_handler(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -79,6 +80,16 @@ pub async fn ws_handler(
         gpu: param(&p, "gpu").map(str::to_string),
         hostname: param(&p, "hostname").map(str::to_string),
         metric: param(&p, "metric").map(str::to_string),
+        alerts: match param(&p, "include") {
+            None => false,
+            Some("alerts") => true,
+            Some(other) => {
+                return Err(AppError::bad(
+                    "INVALID_PARAMETER",
+                    format!("include={other:?}: the only thing to include is alerts"),
+                ))
+            }
+        },
     };
     if s.ws_clients.fetch_add(1, Ordering::Relaxed) >= s.cfg.ws_max_connections {
         s.ws_clients.fetch_sub(1, Ordering::Relaxed);

@@ -61,6 +61,9 @@ pub struct TelemetryEntry {
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty", default)]
     /// Other labels the source gave (container, pod, driver version, …).
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Computed from other metrics (`derived.metrics`) rather than read from the device.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub derived: bool,
 }
 
 impl From<&TelemetryRecord> for TelemetryEntry {
@@ -85,6 +88,7 @@ impl TelemetryEntry {
             device: r.device,
             model: r.model,
             labels: r.labels.into_iter().collect(),
+            derived: r.derived,
         }
     }
 }

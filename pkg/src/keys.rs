@@ -206,6 +206,27 @@ impl Keys {
         format!("{}/storage/maintainer", self.prefix)
     }
 
+    /// Every alert's state, one key per rule and GPU (see `rules::alert`).
+    pub fn alerts_root(&self) -> String {
+        format!("{}/alerts/state/", self.prefix)
+    }
+    /// One rule's alert on one GPU.
+    pub fn alert(&self, rule: &str, hostname: &str, gpu_id: &str) -> String {
+        format!("{}{rule}/{hostname}/{gpu_id}", self.alerts_root())
+    }
+    /// Alert transitions waiting for the webhook, oldest first.
+    pub fn alert_events_root(&self) -> String {
+        format!("{}/alerts/outbox/", self.prefix)
+    }
+    /// One transition waiting for the webhook.
+    pub fn alert_event(&self, id: &str) -> String {
+        format!("{}{id}", self.alert_events_root())
+    }
+    /// The newest revision of stored data that rule evaluation has accounted for.
+    pub fn rules_progress(&self) -> String {
+        format!("{}/alerts/progress", self.prefix)
+    }
+
     /// Every refused record.
     pub fn invalid_root(&self) -> String {
         format!("{}/telemetry/invalid/", self.prefix)

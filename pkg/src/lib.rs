@@ -20,6 +20,7 @@ pub mod lease;
 pub mod logging;
 pub mod queue;
 pub mod record;
+pub mod rules;
 pub mod service;
 pub mod settings;
 pub mod shutdown;

@@ -45,7 +45,7 @@ pub enum Leadership {
 
 impl Leadership {
     /// Holds while the leader key is the one we created: no other candidate can have it.
-    fn fence(&self) -> Vec<Compare> {
+    pub(crate) fn fence(&self) -> Vec<Compare> {
         match self {
             Leadership::Elected { key, revision } => {
                 vec![Compare::create_revision(
@@ -140,9 +140,16 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 _ = leading_.cancelled() => {}
             }
         });
-        maintainer::Maintainer::new(shared.clone(), leader)
-            .run(leading.clone())
-            .await;
+        // The maintainer also evaluates rules; both stop when it stops leading.
+        let maintainer = maintainer::Maintainer::new(shared.clone(), leader.clone());
+        let maintain = async {
+            maintainer.run(leading.clone()).await;
+            leading.cancel();
+        };
+        tokio::join!(
+            maintain,
+            crate::rules::run(shared.clone(), leader, leading.clone()),
+        );
         leading.cancel();
         ::metrics::gauge!("storage_maintainer", "id" => id.clone()).set(0.0);
         // Hand over at once rather than after a lease TTL.

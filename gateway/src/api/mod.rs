@@ -2,6 +2,7 @@
 //! gets the contract's JSON error with a precise message, not the extractor's plain text.
 
 pub mod aggregate;
+pub mod alerts;
 pub mod cluster;
 pub mod config;
 pub mod fleet;

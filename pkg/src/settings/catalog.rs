@@ -18,6 +18,10 @@ pub const THROTTLE_MAX_QUEUE_DEPTH: &str = "throttle.max_queue_depth";
 pub const THROTTLE_RATE: &str = "throttle.rate";
 /// The tracing filter of every process (`info`, `debug`, `collector=debug,info`, …).
 pub const LOG_LEVEL: &str = "log.level";
+/// Alert rules, evaluated as samples are stored.
+pub const ALERTS_RULES: &str = "alerts.rules";
+/// Derived metrics, computed as samples are stored.
+pub const DERIVED_METRICS: &str = "derived.metrics";
 
 /// One live setting.
 #[derive(Debug)]
@@ -69,7 +73,30 @@ pub const SPECS: &[Spec] = &[
         default: || Value::from("info"),
         check: log_filter,
     },
+    Spec {
+        name: ALERTS_RULES,
+        help: "alert rules: [{name, metric, op, threshold, for}], evaluated on stored samples",
+        default: default_alert_rules,
+        check: |v| crate::rules::Rule::parse_all(v).map(|_| ()),
+    },
+    Spec {
+        name: DERIVED_METRICS,
+        help: "derived metrics: [{name, expr}], arithmetic over one GPU's metrics at one instant",
+        default: || Value::Array(Vec::new()),
+        check: |v| crate::rules::Derived::parse(v).map(|_| ()),
+    },
 ];
+
+/// Rules for H100s (80 GB SXM, 700 W): the GPU and its HBM3 near their slowdown
+/// temperatures, any XID error, and power within 5% of the board limit for five minutes.
+fn default_alert_rules() -> Value {
+    serde_json::json!([
+        {"name": "gpu_temp_high", "metric": "DCGM_FI_DEV_GPU_TEMP", "op": ">", "threshold": 85, "for": "2m"},
+        {"name": "memory_temp_high", "metric": "DCGM_FI_DEV_MEMORY_TEMP", "op": ">", "threshold": 95, "for": "2m"},
+        {"name": "xid_errors", "metric": "DCGM_FI_DEV_XID_ERRORS", "op": "!=", "threshold": 0, "for": "0s"},
+        {"name": "power_near_limit", "metric": "DCGM_FI_DEV_POWER_USAGE", "op": ">", "threshold": 665, "for": "5m"},
+    ])
+}
 
 /// The spec of `name`.
 pub fn spec(name: &str) -> Option<&'static Spec> {
@@ -148,6 +175,12 @@ mod tests {
         assert!(check(THROTTLE_MAX_QUEUE_DEPTH, &json!(0)).is_ok());
         assert!(check(LOG_LEVEL, &json!("collector=debug,info")).is_ok());
         assert!(check(STREAM_RATE, &Value::Null).is_ok(), "null unsets");
+        assert!(check(
+            DERIVED_METRICS,
+            &json!([{"name": "pct", "expr": "DCGM_FI_DEV_FB_USED / 800"}])
+        )
+        .is_ok());
+        assert!(check(ALERTS_RULES, &json!([])).is_ok());
         for (key, bad) in [
             (INGESTION_ENABLED, json!("no")),
             (INGESTION_ENABLED, json!(0)),
@@ -158,6 +191,11 @@ mod tests {
             (THROTTLE_MAX_QUEUE_DEPTH, json!(-3)),
             (LOG_LEVEL, json!("[[[")),
             (LOG_LEVEL, json!(3)),
+            (DERIVED_METRICS, json!([{"name": "a", "expr": "a"}])),
+            (
+                ALERTS_RULES,
+                json!([{"name": "a", "metric": "m", "op": "~", "threshold": 1}]),
+            ),
         ] {
             assert!(
                 matches!(check(key, &bad), Err(Invalid::BadValue { .. })),

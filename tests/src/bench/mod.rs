@@ -7,6 +7,7 @@ pub mod ceiling;
 pub mod codec;
 pub mod etcd_disk;
 pub mod fold;
+pub mod insight;
 pub mod memory;
 pub mod procs;
 pub mod query;

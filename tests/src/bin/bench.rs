@@ -45,6 +45,10 @@ struct Args {
     /// per GPU, and its series encoded with pco and with Gorilla's encoding.
     #[arg(long)]
     codecs: bool,
+    /// Fleet insight: ingest with rule evaluation on against off, and the p99 of a one-day
+    /// aggregate and of fleet/latest on 2,504 GPUs holding a day at 10 s, folded.
+    #[arg(long)]
+    insight: bool,
     /// Ingest runs per configuration (1 and 4 collectors, alternating); --quick runs one.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
@@ -68,6 +72,7 @@ async fn main() {
         soak_samples,
         codecs,
         folding,
+        insight,
         rounds,
     } = Args::parse();
     if folding {
@@ -76,6 +81,10 @@ async fn main() {
     }
     if codecs {
         pipeline_tests::bench::codec::run(quick);
+        return;
+    }
+    if insight {
+        pipeline_tests::bench::insight::run(quick).await;
         return;
     }
     if storage {

@@ -44,7 +44,9 @@ async fn the_live_stream_delivers_new_records_filters_them_and_replays_from_a_re
     let ws = base.replace("http", "ws") + "/api/v1/ws/telemetry";
 
     // Something stored before anyone connects is not streamed live.
-    let (collector, _) = start_collector(etcd.endpoints(), &prefix, |_| {});
+    // The CSV's windows closed long ago: a fold would move them out of the raw keys that the
+    // replay below reads (folding has tests of its own).
+    let (collector, _) = start_collector(etcd.endpoints(), &prefix, |c| c.storage.fold = false);
     let dir = tempfile::tempdir().unwrap();
     let early = dir.path().join("early.csv");
     std::fs::write(&early, "timestamp,metric_name,gpu_id,device,uuid,modelName,Hostname,container,pod,namespace,value,labels_raw\n\"2025-07-18T19:00:00Z\",\"DCGM_FI_DEV_GPU_UTIL\",\"0\",\"nvidia0\",\"GPU-early\",\"H100\",\"early-host\",\"\",\"\",\"\",\"1\",\"\"\n").unwrap();

@@ -19,6 +19,7 @@ mod openapi;
 mod pipeline;
 mod readme;
 mod readme_stop;
+mod rules;
 mod storage;
 mod storage_full;
 mod streamer_errors;

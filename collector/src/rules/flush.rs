@@ -1,0 +1,186 @@
+//! Writes what evaluation decided, fenced by the leader key, with the revision it is
+//! evaluated through (see the module above for why that makes every transition exactly once).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{PutOptions, Txn, TxnOp};
+use telemetry::backoff::Backoff;
+use telemetry::queue::{envelope, Publisher, SCHEMA_VERSION};
+use telemetry::rules::alert::{Change, State};
+use tokio_util::sync::CancellationToken;
+
+use super::{Decided, Evaluator, FLUSH_EVERY};
+use crate::buckets::BucketLeases;
+use crate::storage::Leadership;
+use crate::Shared;
+
+/// How long a resolved alert (and a webhook event nobody could deliver) is kept.
+pub(crate) const RESOLVED_KEPT: Duration = Duration::from_secs(24 * 3600);
+/// How often progress is written when nothing else is.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Derived samples per queue message.
+const PER_MESSAGE: usize = 1000;
+/// Bytes per Txn, below etcd's 1.5 MiB request limit.
+const MAX_TXN_BYTES: usize = 1 << 20;
+
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    leader: Leadership,
+    evaluator: Arc<Mutex<Evaluator>>,
+    leading: CancellationToken,
+) {
+    let publisher = Publisher::new(
+        shared.client.clone(),
+        shared.keys.clone(),
+        shared.cfg.process.queue.clone(),
+    );
+    let kept = BucketLeases::new(
+        shared.client.clone(),
+        shared.keys.clone(),
+        "alerts",
+        RESOLVED_KEPT,
+    );
+    let mut ids = ulid::Generator::new();
+    let mut written = 0;
+    let mut last_write = tokio::time::Instant::now();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    while telemetry::shutdown::or_cancel(&leading, tokio::time::sleep(FLUSH_EVERY))
+        .await
+        .is_some()
+    {
+        let (decided, through) = evaluator.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // Progress alone is written now and then: it only bounds what a successor re-reads.
+        let progress_due = through > written && last_write.elapsed() >= PROGRESS_EVERY;
+        if decided.is_empty() && !progress_due {
+            continue;
+        }
+        let lease = match kept.current().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot get a lease for resolved alerts; writing them without");
+                0
+            }
+        };
+        let units = units(&shared, &publisher, decided, lease, &mut ids);
+        let progress = TxnOp::put(shared.keys.rules_progress(), through.to_string(), None);
+        for ops in pack(
+            units,
+            shared.cfg.process.queue.max_txn_ops as usize,
+            progress,
+        ) {
+            loop {
+                let txn = Txn::new().when(leader.fence()).and_then(ops.clone());
+                match shared.client.kv_client().txn(txn).await {
+                    Ok(r) if r.succeeded() => break,
+                    Ok(_) => {
+                        tracing::warn!("no longer the leader: leaving rule evaluation to the next");
+                        return;
+                    }
+                    Err(e) => {
+                        let wait = backoff.next_delay();
+                        tracing::warn!(error = %e, retry_in = ?wait, "cannot write rule results yet");
+                        if telemetry::shutdown::or_cancel(&leading, tokio::time::sleep(wait))
+                            .await
+                            .is_none()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+            backoff.reset();
+        }
+        written = through;
+        last_write = tokio::time::Instant::now();
+    }
+}
+
+/// Groups of operations that must land together: a queue message of derived samples, or one
+/// alert's newest state with the events of every transition it made since the last write.
+fn units(
+    shared: &Shared,
+    publisher: &Publisher,
+    decided: Decided,
+    lease: i64,
+    ids: &mut ulid::Generator,
+) -> Vec<Unit> {
+    let mut out = Vec::new();
+    for chunk in decided.derived.chunks(PER_MESSAGE) {
+        let mut records = chunk.to_vec();
+        records
+            .iter_mut()
+            .for_each(telemetry::record::assign_identity);
+        let m = publisher.encode(&envelope(records, SCHEMA_VERSION));
+        out.push(Unit {
+            bytes: m.key.len() + m.value.len(),
+            ops: vec![TxnOp::put(m.key, m.value, None)],
+        });
+    }
+    let notify = shared.cfg.alert_webhook_url.is_some();
+    let kept = (lease != 0).then(|| PutOptions::new().with_lease(lease));
+    // A Txn may not touch a key twice: one op per alert, its last state.
+    let mut by_key: Vec<(String, Unit, Option<TxnOp>)> = Vec::new();
+    for (key, change) in decided.changes {
+        let at = match by_key.iter().position(|(k, ..)| *k == key) {
+            Some(i) => i,
+            None => {
+                by_key.push((key.clone(), Unit::default(), None));
+                by_key.len() - 1
+            }
+        };
+        let (_, unit, last) = &mut by_key[at];
+        unit.bytes += key.len();
+        *last = Some(match change {
+            Change::Put {
+                alert,
+                notify: fired_or_resolved,
+            } => {
+                let json = serde_json::to_vec(&alert).unwrap_or_default();
+                unit.bytes += json.len();
+                if fired_or_resolved && notify {
+                    let id = ids.generate().unwrap_or_else(|_| ulid::Ulid::new());
+                    let event = shared.keys.alert_event(&id.to_string());
+                    unit.bytes += event.len() + json.len();
+                    unit.ops.push(TxnOp::put(event, json.clone(), kept.clone()));
+                }
+                let opts = (alert.state == State::Resolved)
+                    .then(|| kept.clone())
+                    .flatten();
+                TxnOp::put(key, json, opts)
+            }
+            Change::Clear(_) => TxnOp::delete(key, None),
+        });
+    }
+    out.extend(by_key.into_iter().map(|(_, mut unit, last)| {
+        unit.ops.extend(last);
+        unit
+    }));
+    out
+}
+
+/// Operations that land in one Txn, and roughly what they weigh.
+#[derive(Default)]
+struct Unit {
+    ops: Vec<TxnOp>,
+    bytes: usize,
+}
+
+/// Packs units into Txns within etcd's op and byte limits; the last Txn also records progress.
+fn pack(units: Vec<Unit>, max_ops: usize, progress: TxnOp) -> Vec<Vec<TxnOp>> {
+    let mut txns: Vec<Vec<TxnOp>> = vec![Vec::new()];
+    let mut bytes = 0;
+    for unit in units {
+        let current = txns.last().expect("never empty");
+        if !current.is_empty()
+            && (current.len() + unit.ops.len() >= max_ops || bytes + unit.bytes > MAX_TXN_BYTES)
+        {
+            txns.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += unit.bytes;
+        txns.last_mut().expect("never empty").extend(unit.ops);
+    }
+    txns.last_mut().expect("never empty").push(progress);
+    txns
+}
