@@ -107,6 +107,39 @@ pub struct StorageArgs {
     /// everywhere leaves etcd's history and size unmanaged (the benchmark's baseline).
     #[arg(long = "storage-maintainer", env = "STORAGE_MAINTAINER", default_value_t = true, action = clap::ArgAction::Set)]
     pub maintainer: bool,
+
+    /// etcd user for the maintainer's compactions, defragmentations and alarm disarms, which
+    /// etcd allows only to its root role (docs/security.md). Only those calls use it; without
+    /// it the maintainer uses the collector's own login.
+    #[arg(
+        long = "etcd-maintenance-username",
+        env = "ETCD_MAINTENANCE_USERNAME",
+        requires = "maintenance_password_file"
+    )]
+    pub maintenance_username: Option<String>,
+
+    /// File holding ETCD_MAINTENANCE_USERNAME's password.
+    #[arg(
+        long = "etcd-maintenance-password-file",
+        env = "ETCD_MAINTENANCE_PASSWORD_FILE",
+        requires = "maintenance_username"
+    )]
+    pub maintenance_password_file: Option<std::path::PathBuf>,
+}
+
+impl StorageArgs {
+    /// How the maintainer connects for the calls etcd reserves to its root role.
+    pub fn maintenance_etcd(
+        &self,
+        etcd: &telemetry::config::EtcdArgs,
+    ) -> telemetry::config::EtcdArgs {
+        let mut args = etcd.clone();
+        if let Some(user) = &self.maintenance_username {
+            args.security.username = Some(user.clone());
+            args.security.password_file = self.maintenance_password_file.clone();
+        }
+        args
+    }
 }
 
 /// `STORAGE_BUDGET`: a share of the quota, or a size.
@@ -168,6 +201,9 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Create the least-privilege etcd roles and users of the three processes and enable
+    /// etcd's authentication (docs/security.md). Run it as etcd's root once auth is on.
+    EtcdAuth(crate::access::SetupArgs),
 }
 
 #[derive(Subcommand, Debug, Clone)]

@@ -2,6 +2,7 @@
 //! exactly once with fenced etcd Txns. See docs/protocol.md for the protocol and its
 //! invariants.
 
+pub mod access;
 pub mod assignment;
 pub mod buckets;
 pub mod claim;

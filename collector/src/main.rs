@@ -14,6 +14,13 @@ telemetry::main!(Config, run);
 
 async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     let keys = telemetry::keys::Keys::new(&cfg.process.etcd.prefix);
+    if let Some(Command::EtcdAuth(args)) = &cfg.command {
+        let client = telemetry::etcd::connect(&cfg.process.etcd).await?;
+        for line in collector::access::setup(&client, &keys, args).await? {
+            println!("{line}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(Command::Config { action }) = &cfg.command {
         let client = telemetry::etcd::connect(&cfg.process.etcd).await?;
         return collector::config_cli::run(&client, &keys, action).await;

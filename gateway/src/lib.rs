@@ -27,7 +27,7 @@ use axum::Router;
 use etcd_client::Client;
 use telemetry::admin::Readiness;
 use telemetry::cluster::{Registration, Role};
-use telemetry::service::EtcdUnreachable;
+use telemetry::service::StartError;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -130,9 +130,9 @@ async fn record_metrics(req: Request, next: Next) -> Response {
 /// Why the gateway could not start or serve.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// etcd never answered.
+    /// etcd never answered, or refused our credentials.
     #[error(transparent)]
-    NoEtcd(#[from] EtcdUnreachable),
+    Start(#[from] StartError),
     /// The listener failed.
     #[error("serving HTTP failed: {0}")]
     Serve(#[from] std::io::Error),

@@ -6,8 +6,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use gateway::Config;
-use telemetry::service::BadSetting;
+use gateway::{Config, GatewayError};
+use telemetry::service::{BadSetting, StartError};
 
 telemetry::main!(Config, run);
 
@@ -20,8 +20,11 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
                 cfg.port
             ))
         })?;
-    gateway::run(cfg, listener, telemetry::shutdown::on_signal())
-        .await
-        .context("gateway stopped")?;
+    match gateway::run(cfg, listener, telemetry::shutdown::on_signal()).await {
+        Ok(()) => {}
+        // A refused credential: its one line, and exit 2.
+        Err(GatewayError::Start(StartError::Setting(s))) => return Err(s.into()),
+        Err(e) => return Err(e).context("gateway stopped"),
+    }
     Ok(ExitCode::SUCCESS)
 }

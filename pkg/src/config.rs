@@ -1,6 +1,7 @@
 //! Settings every binary shares. Each is a flag and an environment variable (see CONTRACT.md),
 //! so that the same binary runs from a shell, a unit file or a test without a config file.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -29,6 +30,51 @@ pub struct EtcdArgs {
     /// Prefix for every key the pipeline writes, so that several pipelines can share one etcd.
     #[arg(long = "etcd-prefix", env = "ETCD_PREFIX", default_value = "")]
     pub prefix: String,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub security: EtcdSecurity,
+}
+
+/// TLS and authentication to etcd (docs/security.md). The password is only ever read from a
+/// file: a flag or an environment variable would show in `ps`, shell history or a unit file.
+#[derive(Args, Debug, Clone, Default)]
+pub struct EtcdSecurity {
+    /// PEM file of the CA that signed etcd's server certificate; setting it turns TLS on.
+    #[arg(long = "etcd-ca-file", env = "ETCD_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS (with ETCD_KEY_FILE). With auth enabled and no
+    /// ETCD_USERNAME, etcd takes the certificate's common name as the user.
+    #[arg(long = "etcd-cert-file", env = "ETCD_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+
+    /// PEM private key of ETCD_CERT_FILE.
+    #[arg(long = "etcd-key-file", env = "ETCD_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+
+    /// etcd user to log in as (with ETCD_PASSWORD_FILE).
+    #[arg(
+        long = "etcd-username",
+        env = "ETCD_USERNAME",
+        requires = "password_file"
+    )]
+    pub username: Option<String>,
+
+    /// File holding ETCD_USERNAME's password (one line; a trailing newline is ignored).
+    #[arg(
+        long = "etcd-password-file",
+        env = "ETCD_PASSWORD_FILE",
+        requires = "username"
+    )]
+    pub password_file: Option<PathBuf>,
+}
+
+impl EtcdSecurity {
+    /// Whether the connection to etcd uses TLS.
+    pub fn tls(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some()
+    }
 }
 
 impl EtcdArgs {
@@ -38,6 +84,7 @@ impl EtcdArgs {
             endpoints,
             dial_timeout: Duration::from_secs(5),
             prefix: prefix.into(),
+            security: EtcdSecurity::default(),
         }
     }
 }

@@ -2,11 +2,14 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
+use std::path::Path;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Readiness;
 use crate::config::EtcdArgs;
+use crate::service::BadSetting;
 
 /// An etcd call failed; `context` says what we were doing.
 #[derive(Debug, thiserror::Error)]
@@ -66,22 +69,133 @@ impl<T> Context<T> for Result<T, etcd_client::Error> {
     }
 }
 
-fn options(args: &EtcdArgs) -> ConnectOptions {
-    ConnectOptions::new()
+/// Why [`connect`] failed: a setting that cannot work (exit 2), or etcd not answering (retry).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// A certificate or password file cannot be read, or etcd refused our credentials.
+    #[error(transparent)]
+    Setting(#[from] BadSetting),
+    /// etcd did not answer (yet).
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+}
+
+fn read(setting: &str, path: &Path) -> Result<Vec<u8>, BadSetting> {
+    std::fs::read(path)
+        .map_err(|e| BadSetting(format!("{setting}: cannot read {}: {e}", path.display())))
+}
+
+fn options(args: &EtcdArgs) -> Result<ConnectOptions, BadSetting> {
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(args.dial_timeout)
         .with_timeout(Duration::from_secs(30))
         .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-        .with_keep_alive_while_idle(true)
+        .with_keep_alive_while_idle(true);
+    let sec = &args.security;
+    if sec.tls() {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &sec.ca_file {
+            tls = tls.ca_certificate(Certificate::from_pem(read("ETCD_CA_FILE", ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&sec.cert_file, &sec.key_file) {
+            let cert = read("ETCD_CERT_FILE", cert)?;
+            tls = tls.identity(Identity::from_pem(cert, read("ETCD_KEY_FILE", key)?));
+        }
+        options = options.with_tls(tls);
+    }
+    if let (Some(user), Some(file)) = (&sec.username, &sec.password_file) {
+        let password = String::from_utf8(read("ETCD_PASSWORD_FILE", file)?)
+            .map_err(|_| BadSetting("ETCD_PASSWORD_FILE: the password is not UTF-8".into()))?;
+        let password = password.trim_end_matches(['\r', '\n']);
+        if password.is_empty() {
+            return Err(BadSetting(format!(
+                "ETCD_PASSWORD_FILE: {} is empty",
+                file.display()
+            )));
+        }
+        // Unary calls log in again when etcd says the token expired (or etcd restarted and
+        // forgot it); streams are re-opened with a fresh token by `watch` and `lease`.
+        options = options
+            .with_user(user, password)
+            .with_auto_token_refresh(true);
+    }
+    Ok(options)
 }
 
-/// Connects once, failing after the dial timeout.
-pub async fn connect(args: &EtcdArgs) -> Result<Client, EtcdError> {
-    let mut client = Client::connect(&args.endpoints, Some(options(args)))
+/// Whether etcd (or the TLS handshake) refused who we are, rather than not answering: a wrong
+/// password, auth not enabled for a user, a certificate it does not trust. Retrying cannot help.
+fn refused(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            matches!(
+                s.code(),
+                Code::InvalidArgument
+                    | Code::FailedPrecondition
+                    | Code::PermissionDenied
+                    | Code::Unauthenticated
+            ) || tls_failure(s)
+        }
+        etcd_client::Error::TransportError(t) => tls_failure(t),
+        _ => false,
+    }
+}
+
+/// rustls reports a failed handshake (an untrusted certificate, a missing client certificate,
+/// a plain-text peer) as an `InvalidData` I/O error somewhere in the chain.
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
+/// The error and its causes on one line, each said once.
+fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let s = err.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        next = err.source();
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+fn refusal(args: &EtcdArgs, e: &etcd_client::Error) -> BadSetting {
+    let sec = &args.security;
+    let who = match &sec.username {
+        Some(user) => format!("ETCD_USERNAME={user} (ETCD_PASSWORD_FILE)"),
+        None if sec.tls() => "ETCD_CA_FILE/ETCD_CERT_FILE/ETCD_KEY_FILE".to_string(),
+        None => "the connection settings".to_string(),
+    };
+    BadSetting(format!("etcd refused {who}: {}", one_line(e)))
+}
+
+/// Connects once, failing after the dial timeout. A refused credential is a [`BadSetting`].
+pub async fn connect(args: &EtcdArgs) -> Result<Client, ConnectError> {
+    let failed = |e: etcd_client::Error| -> ConnectError {
+        if refused(&e) {
+            refusal(args, &e).into()
+        } else {
+            EtcdError::new("connect", e).into()
+        }
+    };
+    let mut client = Client::connect(&args.endpoints, Some(options(args)?))
         .await
-        .ctx("connect")?;
+        .map_err(failed)?;
     // A channel can come up lazily; one status call proves a member answers.
     match tokio::time::timeout(args.dial_timeout, client.status()).await {
-        Ok(r) => r.ctx("connect")?,
+        Ok(r) => r.map_err(failed)?,
         Err(_) => {
             return Err(EtcdError::new(
                 "connect",
@@ -89,10 +203,25 @@ pub async fn connect(args: &EtcdArgs) -> Result<Client, EtcdError> {
                     "no answer within ETCD_DIAL_TIMEOUT ({:?})",
                     args.dial_timeout
                 )),
-            ))
+            )
+            .into())
         }
     };
     Ok(client)
+}
+
+/// Logs in again after etcd refused a stream (watch, lease keep-alive) for its token: those do
+/// not refresh an expired token by themselves. Without a user it does nothing.
+pub async fn renew_login(client: &Client) {
+    if let Err(e) = client.refresh_token().await {
+        tracing::warn!(error = %e, "cannot log in to etcd again yet");
+    }
+}
+
+/// True when etcd refused the request for its token or its permissions.
+pub fn is_auth_error(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied))
 }
 
 /// Keeps the "etcd" condition of `readiness` current until `stop`: a member answers within a

@@ -28,6 +28,36 @@ impl Keys {
         &self.prefix
     }
 
+    /// Everything under the prefix (an access grant's widest range).
+    pub fn all(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+
+    /// Every top-level area under the prefix, such as `queue` or `telemetry`.
+    pub fn area(&self, name: &str) -> String {
+        format!("{}/{name}/", self.prefix)
+    }
+
+    /// API tokens, stored by the SHA-256 of their secret (docs/security.md).
+    pub fn tokens_root(&self) -> String {
+        format!("{}/auth/tokens/", self.prefix)
+    }
+
+    /// One API token's record.
+    pub fn token(&self, id: &str) -> String {
+        format!("{}{id}", self.tokens_root())
+    }
+
+    /// The audit log: who changed what, kept for `AUDIT_RETENTION`.
+    pub fn audit_root(&self) -> String {
+        format!("{}/audit/", self.prefix)
+    }
+
+    /// One audit entry (ULIDs sort by time).
+    pub fn audit(&self, id: &str) -> String {
+        format!("{}{id}", self.audit_root())
+    }
+
     /// All queued messages, every partition.
     pub fn queue_root(&self) -> String {
         format!("{}/queue/msg/", self.prefix)

@@ -78,7 +78,13 @@ async fn keep_alive(
             return;
         }
         if stream.is_none() {
-            stream = client.lease_keep_alive(id).await.ok();
+            stream = match client.lease_keep_alive(id).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    renew_login_if_refused(&client, &e).await;
+                    None
+                }
+            };
         }
         if let Some((keeper, responses)) = stream.as_mut() {
             let renewed = async {
@@ -94,6 +100,12 @@ async fn keep_alive(
                     lost.cancel();
                     return;
                 }
+                Ok(Err(e)) => {
+                    // A keep-alive stream keeps the token it was opened with: when etcd
+                    // refuses that, log in again before reopening it.
+                    renew_login_if_refused(&client, &e).await;
+                    stream = None;
+                }
                 _ => stream = None, // stream broke or timed out: reopen on the next round
             }
         }
@@ -101,5 +113,11 @@ async fn keep_alive(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
+    }
+}
+
+async fn renew_login_if_refused(client: &Client, e: &etcd_client::Error) {
+    if crate::etcd::is_auth_error(e) {
+        crate::etcd::renew_login(client).await;
     }
 }

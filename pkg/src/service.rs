@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::Readiness;
 use crate::backoff::Backoff;
 use crate::config::{EtcdArgs, QueueProcessArgs, RuntimeArgs};
-use crate::etcd::EtcdError;
+use crate::etcd::{ConnectError, EtcdError};
 use crate::keys::Keys;
 use crate::queue::PartitionsError;
 
@@ -40,7 +40,12 @@ pub struct EtcdUnreachable {
 /// The exit code for a failed run: 2 when a setting is at fault anywhere in the error's
 /// chain, 1 otherwise.
 pub fn exit_code(err: &anyhow::Error) -> ExitCode {
-    if err.chain().any(|e| e.is::<BadSetting>()) {
+    let setting = |e: &(dyn std::error::Error + 'static)| {
+        e.is::<BadSetting>()
+            || matches!(e.downcast_ref(), Some(ConnectError::Setting(_)))
+            || matches!(e.downcast_ref(), Some(StartError::Setting(_)))
+    };
+    if err.chain().any(setting) {
         ExitCode::from(2)
     } else {
         ExitCode::FAILURE
@@ -182,11 +187,12 @@ pub async fn connect_etcd(
     readiness: &Readiness,
     shutdown: &CancellationToken,
     stop: CancellationToken,
-) -> Result<Client, EtcdUnreachable> {
+) -> Result<Client, StartError> {
     let mut patience = Patience::new(runtime, shutdown);
     let endpoints = args.endpoints.join(",");
     loop {
         let last = match crate::etcd::connect(args).await {
+            Err(ConnectError::Setting(refused)) => return Err(refused.into()),
             Ok(client) => {
                 readiness.clear("etcd");
                 tokio::spawn(crate::etcd::track_health(
@@ -196,7 +202,7 @@ pub async fn connect_etcd(
                 ));
                 return Ok(client);
             }
-            Err(e) => e.to_string(),
+            Err(ConnectError::Etcd(e)) => e.to_string(),
         };
         readiness.block(
             "etcd",
@@ -209,11 +215,11 @@ pub async fn connect_etcd(
             last,
         };
         let Some(pause) = patience.next_pause() else {
-            return Err(give_up(last));
+            return Err(give_up(last).into());
         };
         tracing::warn!(%endpoints, error = %last, retry_in = ?pause, "etcd is not reachable yet");
         if !patience.sleep(pause).await {
-            return Err(give_up(last));
+            return Err(give_up(last).into());
         }
     }
 }

@@ -78,6 +78,9 @@ pub async fn follow<F: Follower>(
             Some(Ok(stream)) => stream,
             Some(Err(e)) => {
                 tracing::debug!(%key, error = %e, "watch failed to start");
+                if crate::etcd::is_auth_error(&e) {
+                    crate::etcd::renew_login(&client).await;
+                }
                 or_cancel(&stop, tokio::time::sleep(backoff.next_delay())).await;
                 continue;
             }
@@ -97,7 +100,10 @@ pub async fn follow<F: Follower>(
                         "watch cancelled by etcd; resuming"
                     );
                     if !compacted {
-                        // Not a compaction (a permission change, say): do not spin.
+                        // Not a compaction: etcd refused the watch's token (expired, or etcd
+                        // restarted and forgot it) or its permission. A new token cures the
+                        // first; the pause keeps the second from spinning.
+                        crate::etcd::renew_login(&client).await;
                         or_cancel(&stop, tokio::time::sleep(backoff.next_delay())).await;
                     }
                     break;
@@ -115,6 +121,10 @@ pub async fn follow<F: Follower>(
                     if follower.handle(&resp) == Flow::Stop {
                         return;
                     }
+                }
+                Err(e) if crate::etcd::is_auth_error(&e) => {
+                    crate::etcd::renew_login(&client).await;
+                    break;
                 }
                 Ok(None) | Err(_) => break,
             }

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+use crate::pki::CertFiles;
+
 /// Finds an etcd binary, or explains how to get one.
 pub fn etcd_binary() -> PathBuf {
     if let Ok(p) = std::env::var("ETCD_BIN") {
@@ -40,11 +42,24 @@ struct Member {
     child: Option<Child>,
 }
 
+/// Certificates of an etcd that serves clients over mutual TLS.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The CA both sides trust.
+    pub ca: PathBuf,
+    /// etcd's server certificate.
+    pub server: CertFiles,
+    /// A client certificate for CN `root`, which etcd lets do anything without a password:
+    /// the harness's own connection.
+    pub root: CertFiles,
+}
+
 /// A running etcd cluster of one or more members.
 pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
     extra_args: Vec<String>,
+    tls: Option<EtcdTls>,
     dir: TempDir,
 }
 
@@ -56,6 +71,16 @@ impl EtcdCluster {
 
     /// `n` members on loopback, waited on until a leader is elected.
     pub async fn start(n: usize, extra_args: &[&str]) -> Self {
+        Self::start_with(n, extra_args, None).await
+    }
+
+    /// One member that serves clients only over TLS and demands a client certificate
+    /// (`--client-cert-auth`).
+    pub async fn single_tls(tls: EtcdTls, extra_args: &[&str]) -> Self {
+        Self::start_with(1, extra_args, Some(tls)).await
+    }
+
+    async fn start_with(n: usize, extra_args: &[&str], tls: Option<EtcdTls>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("etcd-test-")
             .tempdir()
@@ -78,6 +103,7 @@ impl EtcdCluster {
             members,
             initial_cluster,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            tls,
             dir,
         };
         for i in 0..n {
@@ -95,16 +121,24 @@ impl EtcdCluster {
             .append(true)
             .open(self.dir.path().join(format!("{}.log", m.name)))
             .expect("etcd log file");
-        let child = Command::new(&bin)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut cmd = Command::new(&bin);
+        if let Some(t) = &self.tls {
+            cmd.arg("--client-cert-auth")
+                .arg(format!("--trusted-ca-file={}", t.ca.display()))
+                .arg(format!("--cert-file={}", t.server.cert.display()))
+                .arg(format!("--key-file={}", t.server.key.display()));
+        }
+        let child = cmd
             .args(["--name", &m.name])
             .args(["--data-dir", m.data_dir.to_str().unwrap()])
             .args([
                 "--listen-client-urls",
-                &format!("http://127.0.0.1:{}", m.client_port),
+                &format!("{scheme}://127.0.0.1:{}", m.client_port),
             ])
             .args([
                 "--advertise-client-urls",
-                &format!("http://127.0.0.1:{}", m.client_port),
+                &format!("{scheme}://127.0.0.1:{}", m.client_port),
             ])
             .args([
                 "--listen-peer-urls",
@@ -212,7 +246,7 @@ impl EtcdCluster {
         for (i, ep) in self.endpoints_by_index() {
             loop {
                 let ok = async {
-                    let mut c = etcd_client::Client::connect([ep.as_str()], None)
+                    let mut c = etcd_client::Client::connect([ep.as_str()], self.options())
                         .await
                         .ok()?;
                     let s = c.status().await.ok()?;
@@ -237,9 +271,22 @@ impl EtcdCluster {
         }
     }
 
+    /// How the harness connects: over TLS as `root` when etcd demands it.
+    pub fn options(&self) -> Option<etcd_client::ConnectOptions> {
+        let t = self.tls.as_ref()?;
+        let pem = |p: &Path| std::fs::read(p).unwrap();
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(pem(&t.ca)))
+            .identity(etcd_client::Identity::from_pem(
+                pem(&t.root.cert),
+                pem(&t.root.key),
+            ));
+        Some(etcd_client::ConnectOptions::new().with_tls(tls))
+    }
+
     /// A connected client.
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect(self.all_endpoints(), None)
+        etcd_client::Client::connect(self.all_endpoints(), self.options())
             .await
             .expect("connect to test etcd")
     }

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod checks;
 pub mod etcd;
+pub mod pki;
 pub mod process;
 pub mod services;
 

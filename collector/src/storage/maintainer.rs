@@ -58,7 +58,12 @@ impl Maintainer {
             ..Default::default()
         };
         Self {
-            members: Members::new(shared.cfg.process.etcd.clone()),
+            members: Members::new(
+                shared
+                    .cfg
+                    .storage
+                    .maintenance_etcd(&shared.cfg.process.etcd),
+            ),
             history: History::new(shared.cfg.storage.history),
             compacted: 0,
             last_compaction: None,
@@ -82,6 +87,16 @@ impl Maintainer {
                 Ok(true) => interval / 4,
                 Ok(false) => interval,
                 Err(Stop::Deposed) => return,
+                Err(Stop::Etcd(e)) if telemetry::etcd::is_auth_error(&e.source) => {
+                    ::metrics::counter!("storage_maintenance_refused").increment(1);
+                    tracing::error!(
+                        error = %e,
+                        "etcd refused storage maintenance: compaction, defragmentation and \
+                         disarming alarms need etcd's root role; set ETCD_MAINTENANCE_USERNAME \
+                         and ETCD_MAINTENANCE_PASSWORD_FILE (docs/security.md)"
+                    );
+                    interval
+                }
                 Err(Stop::Etcd(e)) => {
                     tracing::warn!(error = %e, "storage maintenance round failed; retrying");
                     interval
@@ -216,9 +231,8 @@ impl Maintainer {
         self.still_leading().await?;
         let opts = CompactionOptions::new().with_physical();
         match self
-            .shared
-            .client
-            .clone()
+            .members
+            .admin(&self.shared.client)
             .compact(revision, Some(opts))
             .await
             .ctx("compact")
@@ -329,7 +343,7 @@ impl Maintainer {
         }
         self.still_leading().await?;
         for &member in alarmed {
-            members::disarm(&self.shared.client, member).await?;
+            members::disarm(&self.members.admin(&self.shared.client), member).await?;
         }
         tracing::warn!(
             file = seen.file,

@@ -41,6 +41,15 @@ impl Members {
         }
     }
 
+    /// A client logged in for the calls etcd reserves to its root role (compaction, alarm
+    /// disarm): one of the member clients, or `fallback` before any is connected.
+    pub(super) fn admin(&self, fallback: &Client) -> Client {
+        self.clients
+            .values()
+            .next()
+            .map_or_else(|| fallback.clone(), |(_, c)| c.clone())
+    }
+
     /// Every member that answers, with its figures.
     pub(super) async fn statuses(
         &mut self,

@@ -20,6 +20,7 @@ mod pipeline;
 mod readme;
 mod readme_stop;
 mod rules;
+mod secure_etcd;
 mod storage;
 mod storage_full;
 mod streamer_errors;
