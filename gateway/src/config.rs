@@ -21,6 +21,21 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_PORT", default_value_t = 8080)]
     pub port: u16,
 
+    /// `token`: every path but /health and /ready needs `Authorization: Bearer TOKEN` of a
+    /// role allowed to use it (docs/security.md). `none` is for a local demo: anyone who can
+    /// reach the port can read everything and change the configuration.
+    #[arg(
+        long = "auth-mode",
+        env = "AUTH_MODE",
+        value_enum,
+        default_value = "none"
+    )]
+    pub auth_mode: telemetry::auth::AuthMode,
+
+    #[command(subcommand)]
+    #[allow(missing_docs)]
+    pub command: Option<Command>,
+
     /// Serve the WebSocket live stream.
     #[arg(long = "ws-enabled", env = "WS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub ws_enabled: bool,
@@ -125,6 +140,37 @@ impl Config {
         c.rate_limit_rps = 0.0;
         c
     }
+}
+
+/// What the gateway binary does besides serving.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Create, list or revoke API tokens (stored hashed in etcd; docs/security.md).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+/// `gateway token ...`
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum TokenAction {
+    /// Create a token and print its secret, once: it is stored only as a hash.
+    Create {
+        /// What it may do: read (the API and WebSocket), ingest (push records), admin (all).
+        #[arg(long, value_enum)]
+        role: telemetry::auth::Role,
+        /// A label for people and the audit log.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Print every token (never its secret) as one JSON line.
+    List,
+    /// Revoke a token by id; every gateway and streamer stops accepting it within moments.
+    Revoke {
+        /// The token's id, as `token list` shows it.
+        id: String,
+    },
 }
 
 /// An origin as browsers send it: `*`, or `scheme://host[:port]` with nothing after.

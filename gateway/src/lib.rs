@@ -12,20 +12,21 @@ pub mod latest;
 pub mod live;
 pub mod openapi;
 pub mod query_cache;
-pub mod ratelimit;
 pub mod state;
+pub mod token_cli;
 pub mod ws;
 
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::Router;
 use etcd_client::Client;
 use telemetry::admin::Readiness;
+use telemetry::auth::{AuthMode, Guard};
 use telemetry::cluster::{Registration, Role};
 use telemetry::service::StartError;
 use tokio::net::TcpListener;
@@ -78,15 +79,31 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), limits))
         .layer(middleware::from_fn_with_state(
             state.limiter.clone(),
-            ratelimit::middleware,
+            telemetry::ratelimit::middleware,
         ))
         .with_state(state.clone());
+    let guard = Guard::new(state.cfg.auth_mode, state.tokens.clone(), needs);
     api.merge(telemetry::admin::router(state.readiness.clone()))
+        .layer(middleware::from_fn_with_state(
+            guard,
+            telemetry::auth::guard,
+        ))
         .layer(middleware::map_response(error::json_errors))
         .layer(middleware::from_fn(record_metrics))
         .layer(CompressionLayer::new())
         .layer(RequestBodyLimitLayer::new(state.cfg.max_request_bytes))
         .layer(cors)
+}
+
+/// The role each request needs under `AUTH_MODE=token`: none for the probes, `admin` to change
+/// anything, `read` for the rest (the API, the WebSocket, `/metrics`, `/openapi.json`, `/docs`).
+fn needs(method: &Method, path: &str) -> Option<telemetry::auth::Role> {
+    if matches!(path, "/health" | "/ready") {
+        return None;
+    }
+    let reads = [Method::GET, Method::HEAD, Method::OPTIONS];
+    use telemetry::auth::Role::{Admin, Read};
+    Some(if reads.contains(method) { Read } else { Admin })
 }
 
 /// Query-size limit and request timeout, answered in the contract's error shape.
@@ -214,7 +231,8 @@ pub fn state(
         );
     });
     let chunks = telemetry::store::cache::Chunks::new(cfg.chunk_cache_mb * 1024 * 1024);
-    let limiter = ratelimit::RateLimiter::new(cfg.rate_limit_rps, cfg.rate_limit_burst);
+    let limiter = telemetry::ratelimit::RateLimiter::new(cfg.rate_limit_rps, cfg.rate_limit_burst);
+    let tokens = telemetry::auth::Tokens::follow(client.clone(), &keys, stop.clone());
     AppState::new(state::Shared {
         cfg: Arc::new(cfg),
         client,
@@ -226,6 +244,7 @@ pub fn state(
         latest,
         ws_clients,
         limiter,
+        tokens,
         readiness,
         shutdown: stop.clone(),
         ws_tasks: TaskTracker::new(),
@@ -250,7 +269,14 @@ pub async fn run(
     let full_app: Arc<OnceLock<Router>> = Arc::default();
     let early = early_app(readiness.clone(), full_app.clone());
     let listener_addr = listener.local_addr().ok();
-    tracing::info!(addr = ?listener_addr, "gateway listening");
+    tracing::info!(addr = ?listener_addr, auth_mode = ?cfg.auth_mode, "gateway listening");
+    if cfg.auth_mode == AuthMode::None && listener_addr.is_some_and(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            addr = ?listener_addr,
+            "AUTH_MODE=none on a non-loopback address: anyone who can reach it can read all \
+             telemetry and change the configuration; set AUTH_MODE=token (docs/security.md)"
+        );
+    }
     let stop = shutdown.clone();
     let server = tokio::spawn(telemetry::http::serve(
         listener,

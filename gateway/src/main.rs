@@ -6,12 +6,16 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use gateway::config::Command;
 use gateway::{Config, GatewayError};
 use telemetry::service::{BadSetting, StartError};
 
 telemetry::main!(Config, run);
 
 async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
+    if let Some(Command::Token { action }) = &cfg.command {
+        return gateway::token_cli::run(&cfg, action).await;
+    }
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", cfg.port))
         .await
         .map_err(|e| {

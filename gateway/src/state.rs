@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::gpu_registry::GpuRegistry;
 use crate::hub::Hub;
 use crate::query_cache::QueryCache;
-use crate::ratelimit::RateLimiter;
+use telemetry::ratelimit::RateLimiter;
 use telemetry::store::cache::Chunks;
 
 /// Cheap to clone: axum clones the state for every request, and an etcd `Client` clone alone
@@ -48,6 +48,8 @@ pub struct Shared {
     pub latest: crate::latest::Latest,
     pub ws_clients: Arc<AtomicUsize>,
     pub limiter: RateLimiter,
+    /// API tokens in force (checked under `AUTH_MODE=token`), kept current by a watch.
+    pub tokens: telemetry::auth::Tokens,
     /// What `/ready` reports.
     pub readiness: Readiness,
     /// Fires when the gateway shuts down: WebSocket clients are closed with 1001.

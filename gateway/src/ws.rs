@@ -102,11 +102,14 @@ pub async fn ws_handler(
     metrics::gauge!("ws_clients").increment(1.0);
     let slot = Slot(s.ws_clients.clone());
     let tracked = s.ws_tasks.token();
-    Ok(ws.on_upgrade(move |socket| async move {
-        let _slot = slot;
-        let _tracked = tracked;
-        serve_client(socket, s, filter, since).await;
-    }))
+    // A browser that carried its token as a subprotocol must be answered with one it offered.
+    Ok(ws
+        .protocols(["telemetry.v1"])
+        .on_upgrade(move |socket| async move {
+            let _slot = slot;
+            let _tracked = tracked;
+            serve_client(socket, s, filter, since).await;
+        }))
 }
 
 /// A resume from a revision that compaction has removed cannot be exact: samples expired

@@ -109,6 +109,10 @@ pub struct RuntimeArgs {
     /// forever). Meanwhile /health answers 200 and /ready 503 with the reason.
     #[arg(long = "etcd-startup-timeout", env = "ETCD_STARTUP_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub etcd_startup_timeout: Duration,
+
+    /// How long audit entries (configuration, token and dead-letter changes) stay in etcd.
+    #[arg(long = "audit-retention", env = "AUDIT_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub audit_retention: Duration,
 }
 
 /// What a streamer and a collector both take: etcd, the queue, logging and shutdown, and where

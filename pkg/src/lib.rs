@@ -9,6 +9,8 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod audit;
+pub mod auth;
 pub mod backoff;
 pub mod cluster;
 pub mod config;
@@ -19,6 +21,7 @@ pub mod keys;
 pub mod lease;
 pub mod logging;
 pub mod queue;
+pub mod ratelimit;
 pub mod record;
 pub mod rules;
 pub mod service;

@@ -49,6 +49,25 @@ pub struct Config {
     #[arg(long, env = "INGEST_LISTEN")]
     pub listen: Option<String>,
 
+    /// `token`: pushing records needs `Authorization: Bearer TOKEN` of role ingest or admin
+    /// (`gateway token create --role ingest`; docs/security.md).
+    #[arg(
+        long = "auth-mode",
+        env = "AUTH_MODE",
+        value_enum,
+        default_value = "none"
+    )]
+    pub auth_mode: telemetry::auth::AuthMode,
+
+    /// Push requests per second per client address (0: no limit); bursts of twice as many.
+    /// Above it: 429 with Retry-After.
+    #[arg(
+        long = "ingest-rate-limit",
+        env = "INGEST_RATE_LIMIT",
+        default_value_t = 100.0
+    )]
+    pub ingest_rate_limit: f64,
+
     /// Largest accepted ingest body, in bytes.
     #[arg(long = "ingest-max-body", env = "INGEST_MAX_BODY", default_value_t = 8 * 1024 * 1024)]
     pub ingest_max_body: usize,
@@ -143,6 +162,9 @@ impl Config {
     pub fn validate(&mut self) -> Result<(), String> {
         if self.rate < 0.0 || !self.rate.is_finite() {
             return Err("STREAM_RATE must be 0 (unlimited) or a positive number".into());
+        }
+        if self.ingest_rate_limit < 0.0 || !self.ingest_rate_limit.is_finite() {
+            return Err("INGEST_RATE_LIMIT must be 0 (no limit) or a positive number".into());
         }
         if !(0.0..=1.0).contains(&self.throttle_rate) {
             return Err("THROTTLE_RATE must be between 0.0 and 1.0".into());

@@ -15,6 +15,7 @@ pub mod source;
 
 use std::sync::Arc;
 
+use telemetry::auth::AuthMode;
 use telemetry::keys::Keys;
 use telemetry::queue::Publisher;
 use telemetry::service::{BadSetting, StartError};
@@ -247,10 +248,27 @@ pub async fn run(
     let inputs = TaskTracker::new();
     if let Some(l) = listeners.ingest {
         tracing::info!(addr = ?l.local_addr().ok(), "serving POST /api/v1/ingest and gRPC Ingest");
+        let addr = l.local_addr().ok();
+        if cfg.auth_mode == AuthMode::None && addr.is_some_and(|a| !a.ip().is_loopback()) {
+            tracing::warn!(
+                ?addr,
+                "AUTH_MODE=none on a non-loopback address: anyone who can reach it can push \
+                 records; set AUTH_MODE=token (docs/security.md)"
+            );
+        }
+        let keys = telemetry::keys::Keys::new(&cfg.process.etcd.prefix);
+        let tokens =
+            telemetry::auth::Tokens::follow(started.client.clone(), &keys, stop_inputs.clone());
+        let rate = cfg.ingest_rate_limit;
+        let limits = source::ingest::Limits {
+            max_body: cfg.ingest_max_body,
+            guard: telemetry::auth::Guard::new(cfg.auth_mode, tokens, source::ingest::needs),
+            limiter: telemetry::ratelimit::RateLimiter::new(rate, 2.0 * rate),
+        };
         inputs.spawn(source::ingest::serve(
             l,
             sink.clone(),
-            cfg.ingest_max_body,
+            limits,
             cfg.process.runtime.http_header_timeout,
             stop_inputs.clone(),
         ));

@@ -3,9 +3,11 @@
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
+use axum::Extension;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use telemetry::auth::Caller;
 use telemetry::settings::{self, catalog, Invalid, SetError, Snapshot, Source};
 
 use super::{ok, Page};
@@ -67,6 +69,7 @@ pub async fn list_config(State(s): State<AppState>) -> Result<Json<Page<SettingE
     responses((status = 200, description = "stored", body = Page<SettingEntry>), (status = 400, description = "not a valid value for the setting", body = ErrorBody), (status = 404, description = "no such setting", body = ErrorBody)))]
 pub async fn set_config(
     State(s): State<AppState>,
+    caller: Option<Extension<Caller>>,
     Path(key): Path<String>,
     body: Result<Json<SetBody>, JsonRejection>,
 ) -> Result<Json<Page<SettingEntry>>, AppError> {
@@ -84,7 +87,21 @@ pub async fn set_config(
         Err(SetError::Invalid(e)) => return Err(AppError::bad("INVALID_CONFIG", e.to_string())),
         Err(SetError::Etcd(e)) => return Err(e.into()),
     };
-    tracing::info!(setting = %key, value = %body.value, revision, "live setting changed through the API");
+    let actor = caller.map_or_else(|| Caller(None).describe(), |c| c.describe());
+    let detail = serde_json::json!({"key": key, "value": body.value, "revision": revision});
+    if let Err(e) = telemetry::audit::record(
+        &s.client,
+        &s.keys,
+        s.cfg.runtime.audit_retention,
+        &actor,
+        "config.set",
+        detail,
+    )
+    .await
+    {
+        // The change is made; its audit entry is at least in the log (target `audit`).
+        tracing::error!(error = %e, "could not store the audit entry of a configuration change");
+    }
     let (value, source) = match body.value {
         Value::Null => (
             catalog::spec(&key).map_or(Value::Null, |s| (s.default)()),

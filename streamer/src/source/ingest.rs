@@ -11,12 +11,15 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use telemetry::auth::{Guard, Role};
 use telemetry::proto::ingest_server::{Ingest, IngestServer};
 use telemetry::proto::{IngestSummary, TelemetryRecord};
+use telemetry::ratelimit::RateLimiter;
 use telemetry::record::parse_timestamp;
 use telemetry::validate::validate;
 use tokio_util::sync::CancellationToken;
@@ -155,14 +158,40 @@ pub fn json_records(body: &[u8]) -> Result<Vec<Result<TelemetryRecord, String>>,
         .collect())
 }
 
-pub fn router(sink: Sink, max_body: usize) -> Router {
-    let grpc = tonic::service::Routes::new(IngestServer::new(GrpcIngest { sink: sink.clone() }))
-        .into_axum_router();
+/// Who may push, how large a request may be, and how often a client may send one.
+#[derive(Clone)]
+pub struct Limits {
+    /// Largest body (`INGEST_MAX_BODY`): 413 above it, and the gRPC message limit.
+    pub max_body: usize,
+    /// `AUTH_MODE=token`: pushing needs a token of role `ingest` (or `admin`).
+    pub guard: Guard,
+    /// Requests per second per client (`INGEST_RATE_LIMIT`): 429 with `Retry-After` above it.
+    pub limiter: RateLimiter,
+}
+
+/// The routes of the ingest listener: HTTP and gRPC, behind the same limits.
+pub fn router(sink: Sink, limits: Limits) -> Router {
+    let grpc = IngestServer::new(GrpcIngest { sink: sink.clone() })
+        .max_decoding_message_size(limits.max_body);
+    let grpc = tonic::service::Routes::new(grpc).into_axum_router();
     Router::new()
         .route("/api/v1/ingest", post(http_ingest))
-        .layer(DefaultBodyLimit::max(max_body))
+        .layer(DefaultBodyLimit::max(limits.max_body))
         .with_state(sink)
         .merge(grpc)
+        .layer(middleware::from_fn_with_state(
+            limits.guard,
+            telemetry::auth::guard,
+        ))
+        .layer(middleware::from_fn_with_state(
+            limits.limiter,
+            telemetry::ratelimit::middleware,
+        ))
+}
+
+/// Every request on the ingest listener pushes records.
+pub fn needs(_: &axum::http::Method, _: &str) -> Option<Role> {
+    Some(Role::Ingest)
 }
 
 fn json_error(status: StatusCode, message: String, report: Option<IngestReport>) -> Response {
@@ -320,11 +349,11 @@ impl Ingest for GrpcIngest {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     sink: Sink,
-    max_body: usize,
+    limits: Limits,
     header_timeout: std::time::Duration,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = router(sink, max_body);
+    let app = router(sink, limits);
     telemetry::http::serve(
         listener,
         app,

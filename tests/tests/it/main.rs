@@ -1,6 +1,7 @@
 //! Every integration and end-to-end test, in one test binary (one link of the workspace
 //! instead of one per file). Each module starts real etcd processes on free loopback ports.
 
+mod api_auth;
 mod cluster;
 mod collector_faults;
 mod collector_invalid;

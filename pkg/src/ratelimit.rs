@@ -8,14 +8,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use telemetry::throttle::TokenBucket;
+use axum::Json;
 use tokio::time::Instant;
 
-use crate::error::AppError;
+use crate::throttle::TokenBucket;
 
-#[derive(Clone)]
+/// A token bucket per client address (the gateway's API, the streamer's push ingest).
+#[derive(Debug, Clone)]
 pub struct RateLimiter {
     rps: f64,
     burst: f64,
@@ -23,6 +25,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
+    /// `rps` requests per second per address (0: no limit), with bursts of `burst`.
     pub fn new(rps: f64, burst: f64) -> Self {
         Self {
             rps,
@@ -49,6 +52,7 @@ impl RateLimiter {
     }
 }
 
+/// Answers 429 with `Retry-After`, in the contract's error shape, to a client over its rate.
 pub async fn middleware(State(limiter): State<RateLimiter>, req: Request, next: Next) -> Response {
     let ip = req
         .extensions()
@@ -57,10 +61,16 @@ pub async fn middleware(State(limiter): State<RateLimiter>, req: Request, next: 
     if let Some(ip) = ip {
         if let Err(wait) = limiter.check(ip) {
             metrics::counter!("http_rate_limited").increment(1);
-            return AppError::RateLimited {
-                retry_after_secs: wait.as_secs_f64().ceil() as u64,
-            }
-            .into_response();
+            let secs = (wait.as_secs_f64().ceil() as u64).max(1);
+            let body = serde_json::json!({
+                "success": false,
+                "error": format!("too many requests from {ip}: retry in {secs}s"),
+                "code": "RATE_LIMITED",
+            });
+            let mut resp = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return resp;
         }
     }
     next.run(req).await
