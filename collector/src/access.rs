@@ -73,6 +73,7 @@ pub fn grants(role: Role, keys: &Keys) -> Vec<Grant> {
                 "telemetry",
                 "storage",
                 "alerts",
+                "audit",
             ] {
                 g.push(rw(keys.area(area)));
             }

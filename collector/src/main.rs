@@ -23,7 +23,11 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     }
     if let Some(Command::Config { action }) = &cfg.command {
         let client = telemetry::etcd::connect(&cfg.process.etcd).await?;
-        return collector::config_cli::run(&client, &keys, action).await;
+        let audit = collector::config_cli::Audit {
+            actor: telemetry::audit::cli_actor(cfg.process.etcd.security.username.as_deref()),
+            retention: cfg.process.runtime.audit_retention,
+        };
+        return collector::config_cli::run(&client, &keys, action, &audit).await;
     }
     let Some(Command::Dlq { action }) = &cfg.command else {
         let shutdown = telemetry::shutdown::on_signal();
@@ -54,6 +58,12 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
         }
         DlqAction::Requeue { ids } => {
             let done = collector::dlq::requeue(&client, &keys, queue.partitions(), ids).await?;
+            let etcd = &cfg.process.etcd.security;
+            let actor = telemetry::audit::cli_actor(etcd.username.as_deref());
+            let detail = serde_json::json!({ "requeued": done });
+            let retention = cfg.process.runtime.audit_retention;
+            telemetry::audit::record(&client, &keys, retention, &actor, "dlq.requeue", detail)
+                .await?;
             println!("requeued {} dead letter(s)", done.len());
         }
     }

@@ -16,6 +16,8 @@ pub struct Config {
     pub etcd: EtcdArgs,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub tls: telemetry::tls::TlsArgs,
 
     /// Port to listen on (all interfaces).
     #[arg(long, env = "GATEWAY_PORT", default_value_t = 8080)]

@@ -268,8 +268,12 @@ pub async fn run(
     readiness.block("registry", "loading the GPU registry");
     let full_app: Arc<OnceLock<Router>> = Arc::default();
     let early = early_app(readiness.clone(), full_app.clone());
+    let tls = cfg
+        .tls
+        .acceptor(shutdown.clone())
+        .map_err(StartError::Setting)?;
     let listener_addr = listener.local_addr().ok();
-    tracing::info!(addr = ?listener_addr, auth_mode = ?cfg.auth_mode, "gateway listening");
+    tracing::info!(addr = ?listener_addr, tls = tls.is_some(), auth_mode = ?cfg.auth_mode, "gateway listening");
     if cfg.auth_mode == AuthMode::None && listener_addr.is_some_and(|a| !a.ip().is_loopback()) {
         tracing::warn!(
             addr = ?listener_addr,
@@ -278,9 +282,10 @@ pub async fn run(
         );
     }
     let stop = shutdown.clone();
-    let server = tokio::spawn(telemetry::http::serve(
+    let server = tokio::spawn(telemetry::http::serve_tls(
         listener,
         early,
+        tls,
         cfg.runtime.http_header_timeout,
         stop,
         grace,

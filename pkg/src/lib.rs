@@ -30,6 +30,7 @@ pub mod shutdown;
 pub mod storage;
 pub mod store;
 pub mod throttle;
+pub mod tls;
 pub mod trace;
 pub mod validate;
 pub mod watch;

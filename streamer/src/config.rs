@@ -68,6 +68,10 @@ pub struct Config {
     )]
     pub ingest_rate_limit: f64,
 
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub tls: telemetry::tls::TlsArgs,
+
     /// Largest accepted ingest body, in bytes.
     #[arg(long = "ingest-max-body", env = "INGEST_MAX_BODY", default_value_t = 8 * 1024 * 1024)]
     pub ingest_max_body: usize,

@@ -265,10 +265,12 @@ pub async fn run(
             guard: telemetry::auth::Guard::new(cfg.auth_mode, tokens, source::ingest::needs),
             limiter: telemetry::ratelimit::RateLimiter::new(rate, 2.0 * rate),
         };
+        let tls = cfg.tls.acceptor(stop_inputs.clone())?;
         inputs.spawn(source::ingest::serve(
             l,
             sink.clone(),
             limits,
+            tls,
             cfg.process.runtime.http_header_timeout,
             stop_inputs.clone(),
         ));

@@ -350,13 +350,15 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     sink: Sink,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     header_timeout: std::time::Duration,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let app = router(sink, limits);
-    telemetry::http::serve(
+    telemetry::http::serve_tls(
         listener,
         app,
+        tls,
         header_timeout,
         stop,
         std::time::Duration::from_secs(5),

@@ -14,6 +14,7 @@ mod gateway_limits;
 mod gateway_live;
 mod gateway_registry;
 mod insight;
+mod listener_tls;
 mod live_config;
 mod messages;
 mod openapi;
