@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BINARIES := streamer collector gateway
 
-.PHONY: help deps build build-streamer build-collector build-gateway test test-unit lint fmt bench bench-storage bench-insight bench-folding bench-cluster demo clean
+.PHONY: help deps build build-streamer build-collector build-gateway test test-unit lint fmt bench bench-storage bench-insight bench-security bench-folding bench-cluster demo demo-secure clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -59,6 +59,9 @@ bench-storage: ## Storage lifecycle: a 20M-sample soak on a 256 MiB etcd quota, 
 bench-insight: ## Fleet insight: ingest with rules on vs off; one-day aggregate and fleet/latest p99 on 2,504 folded GPUs (~10 min)
 	$(MAKE) bench BENCH_ARGS="--insight $(BENCH_ARGS)"
 
+bench-security: ## Security: ingest and query throughput with TLS and auth against without, same run (~5 min)
+	$(MAKE) bench BENCH_ARGS="--security $(BENCH_ARGS)"
+
 bench-folding: ## Folding: ingest on vs off, a 20M-sample soak on a 256 MiB quota, bytes per sample against promtool's blocks (~30 min)
 	@command -v promtool >/dev/null || DEBIAN_FRONTEND=noninteractive $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y --no-install-recommends prometheus
 	$(MAKE) bench BENCH_ARGS="--folding $(BENCH_ARGS)"
@@ -69,6 +72,9 @@ bench-cluster: ## The same benchmark on a 3-node local etcd cluster
 demo: build ## Run etcd, a collector, the gateway and a looping streamer on generated data
 	@bash tests/demo.sh
 
+demo-secure: build ## The demo over mutual TLS with etcd auth, per-role users, HTTPS and API tokens (docs/security.md)
+	@bash tests/demo-secure.sh
+
 clean: ## Remove build output, demo data and benchmark results
 	$(CARGO) clean
-	rm -rf bin .demo bench-results
+	rm -rf bin .demo .demo-secure bench-results

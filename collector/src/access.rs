@@ -59,6 +59,8 @@ pub fn grants(role: Role, keys: &Keys) -> Vec<Grant> {
             rw(member(Role::Streamer)),
             r(keys.config_root()),
             r(keys.tokens_root()),
+            // Whether storage is full: the streamer pauses rather than fill etcd.
+            r(keys.storage_status()),
         ],
         // Claims, commits, dead-letters, stores, folds, expires, evaluates rules, elects its
         // maintainer; reads everything, the configuration included, but never writes it.
@@ -112,6 +114,14 @@ pub struct SetupArgs {
     /// Create the roles and users but leave authentication off.
     #[arg(long)]
     pub no_enable: bool,
+
+    /// Give the collector its prefix role only, not also etcd's root role. etcd checks write
+    /// permission on every key already attached to a lease at each put with that lease, unless
+    /// the user has the root role; the collector attaches thousands of samples to each
+    /// retention lease, so a collector without root slows down as the leases fill and stalls
+    /// etcd within minutes at full rate (docs/security.md). Fit for a small fleet only.
+    #[arg(long)]
+    pub strict_collector: bool,
 }
 
 /// Creates or updates the roles and users, then enables authentication. Returns what it did,
@@ -186,6 +196,18 @@ pub async fn setup(client: &Client, keys: &Keys, args: &SetupArgs) -> anyhow::Re
         c.user_grant_role(name.as_str(), name.as_str())
             .await
             .context("grant a role")?;
+        if role == Role::Collector && !args.strict_collector {
+            c.user_grant_role(name.as_str(), "root")
+                .await
+                .context("grant root")?;
+            done.push(format!(
+                "user {name}: also has etcd's root role, without which etcd checks every key \
+                 on a lease at each put with it (--strict-collector to leave it out)"
+            ));
+        } else if role == Role::Collector {
+            // A strict collector that was given root before: take it back.
+            let _ = c.user_revoke_role(name.as_str(), "root").await;
+        }
     }
     // etcd lets only its root role compact, defragment and disarm alarms: a user of its own,
     // which only the maintainer's maintenance calls log in as (ETCD_MAINTENANCE_USERNAME).
@@ -280,5 +302,7 @@ mod tests {
         assert!(!streamer
             .iter()
             .any(|g| keys.data_root().starts_with(&g.prefix)));
+        let reads = |key: String| streamer.iter().any(|g| key.starts_with(&g.prefix));
+        assert!(reads(keys.storage_status()) && reads(keys.config("stream.rate")));
     }
 }

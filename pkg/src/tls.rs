@@ -25,10 +25,20 @@ const RELOAD_CHECK: Duration = Duration::from_secs(2);
 #[derive(Args, Debug, Clone, Default)]
 pub struct TlsArgs {
     /// PEM certificate chain served on the listener.
-    #[arg(id = "tls_cert_file", long = "tls-cert-file", env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    #[arg(
+        id = "tls_cert_file",
+        long = "tls-cert-file",
+        env = "TLS_CERT_FILE",
+        requires = "tls_key_file"
+    )]
     pub cert_file: Option<PathBuf>,
     /// PEM private key of TLS_CERT_FILE.
-    #[arg(id = "tls_key_file", long = "tls-key-file", env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    #[arg(
+        id = "tls_key_file",
+        long = "tls-key-file",
+        env = "TLS_KEY_FILE",
+        requires = "tls_cert_file"
+    )]
     pub key_file: Option<PathBuf>,
 }
 

@@ -12,6 +12,7 @@ pub mod memory;
 pub mod procs;
 pub mod query;
 pub mod scenarios;
+pub mod security;
 pub mod storage;
 
 use serde::Serialize;

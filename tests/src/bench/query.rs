@@ -167,6 +167,17 @@ const CONNECTIONS: f64 = 32.0;
 /// response before its next request (wrk's `delay()` hook), so latency is measured at that load
 /// rather than at the machine's limit. (req/s achieved, p99 ms).
 fn wrk(base: &str, paths: &[String], secs: u64, pace: Option<f64>) -> Option<(f64, f64)> {
+    wrk_with(base, paths, secs, pace, None)
+}
+
+/// [`wrk`] with one more request header (`Authorization: Bearer ...`), over http or https.
+pub(super) fn wrk_with(
+    base: &str,
+    paths: &[String],
+    secs: u64,
+    pace: Option<f64>,
+    header: Option<&str>,
+) -> Option<(f64, f64)> {
     let script = tempfile::Builder::new().suffix(".lua").tempfile().ok()?;
     let mut lua = String::new();
     if let Some(rate) = pace {
@@ -183,7 +194,7 @@ fn wrk(base: &str, paths: &[String], secs: u64, pace: Option<f64>) -> Option<(f6
         lua.push_str("function request()\n  i = i % #paths + 1\n  return wrk.format(\"GET\", paths[i])\nend\n");
     }
     std::fs::write(script.path(), lua).ok()?;
-    let args = [
+    let mut args = vec![
         "-t2".to_string(),
         format!("-c{CONNECTIONS}"),
         format!("-d{secs}s"),
@@ -192,6 +203,9 @@ fn wrk(base: &str, paths: &[String], secs: u64, pace: Option<f64>) -> Option<(f6
         script.path().display().to_string(),
         format!("{base}{}", paths[0]),
     ];
+    if let Some(h) = header {
+        args.splice(0..0, ["-H".to_string(), h.to_string()]);
+    }
     let out = std::process::Command::new("wrk")
         .args(&args)
         .output()
@@ -226,7 +240,17 @@ fn parse_wrk_duration(s: &str) -> Option<f64> {
 
 /// 32 concurrent keep-alive clients in this process (used when wrk is not installed).
 async fn builtin_load(base: &str, paths: &[String], secs: u64) -> (f64, f64) {
-    let client = reqwest::Client::new();
+    load_with(reqwest::Client::new(), base, paths, secs).await
+}
+
+/// 32 concurrent keep-alive clients of `client` (its TLS roots and headers) in this process:
+/// requests per second and the p99 in ms.
+pub(super) async fn load_with(
+    client: reqwest::Client,
+    base: &str,
+    paths: &[String],
+    secs: u64,
+) -> (f64, f64) {
     let end = Instant::now() + Duration::from_secs(secs);
     let tasks: Vec<_> = (0..32)
         .map(|c| {

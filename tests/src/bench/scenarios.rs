@@ -74,6 +74,19 @@ pub async fn ingest(
     collectors: &(Vec<Proc>, Vec<u16>),
     ceiling: f64,
 ) -> Ingest {
+    ingest_with(etcd, prefix, csv, records, collectors, ceiling, &[]).await
+}
+
+/// [`ingest`] with more environment for the streamer (TLS and a login, say).
+pub async fn ingest_with(
+    etcd: &EtcdCluster,
+    prefix: &str,
+    csv: &Path,
+    records: u64,
+    collectors: &(Vec<Proc>, Vec<u16>),
+    ceiling: f64,
+    streamer_env: &[(&'static str, String)],
+) -> Ingest {
     let endpoints = &etcd.all_endpoints();
     let ports = &collectors.1;
     let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
@@ -101,6 +114,7 @@ pub async fn ingest(
     let started = Instant::now();
     let mut env = base_env(endpoints, prefix);
     env.push(("ADMIN_LISTEN", String::new()));
+    env.extend(streamer_env.iter().cloned());
     let streamer = Proc::spawn("streamer", &["--csv", csv.to_str().unwrap()], &env);
     let pid = streamer.child.id();
     let mut streamer_rss: f64 = 0.0;

@@ -49,6 +49,10 @@ struct Args {
     /// aggregate and of fleet/latest on 2,504 GPUs holding a day at 10 s, folded.
     #[arg(long)]
     insight: bool,
+    /// Security: ingest and query throughput with etcd over mutual TLS with auth and the
+    /// gateway over HTTPS with tokens, against neither, in the same run.
+    #[arg(long)]
+    security: bool,
     /// Ingest runs per configuration (1 and 4 collectors, alternating); --quick runs one.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
@@ -73,8 +77,13 @@ async fn main() {
         codecs,
         folding,
         insight,
+        security,
         rounds,
     } = Args::parse();
+    if security {
+        pipeline_tests::bench::security::run(quick, rounds).await;
+        return;
+    }
     if folding {
         pipeline_tests::bench::fold::run(quick, soak_samples).await;
         return;
