@@ -232,7 +232,8 @@ impl Maintainer {
         let opts = CompactionOptions::new().with_physical();
         match self
             .members
-            .admin(&self.shared.client)
+            .admin()
+            .await?
             .compact(revision, Some(opts))
             .await
             .ctx("compact")
@@ -343,7 +344,8 @@ impl Maintainer {
         }
         self.still_leading().await?;
         for &member in alarmed {
-            members::disarm(&self.members.admin(&self.shared.client), member).await?;
+            let admin = self.members.admin().await?;
+            members::disarm(&admin, member).await?;
         }
         tracing::warn!(
             file = seen.file,

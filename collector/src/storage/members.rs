@@ -26,6 +26,8 @@ pub(super) struct MemberStatus {
 pub(super) struct Members {
     args: EtcdArgs,
     clients: HashMap<u64, (String, Client)>,
+    /// Connected to every endpoint when no member client is.
+    admin: Option<Client>,
 }
 
 /// A defragmentation of a large database takes a while; it must still end.
@@ -38,16 +40,29 @@ impl Members {
         Self {
             args,
             clients: HashMap::new(),
+            admin: None,
         }
     }
 
     /// A client logged in for the calls etcd reserves to its root role (compaction, alarm
-    /// disarm): one of the member clients, or `fallback` before any is connected.
-    pub(super) fn admin(&self, fallback: &Client) -> Client {
-        self.clients
-            .values()
-            .next()
-            .map_or_else(|| fallback.clone(), |(_, c)| c.clone())
+    /// disarm): one of the member clients, or one connected now to every endpoint. Never the
+    /// collector's own client, whose user may lack the root role.
+    pub(super) async fn admin(&mut self) -> Result<Client, EtcdError> {
+        if let Some((_, c)) = self.clients.values().next() {
+            return Ok(c.clone());
+        }
+        if self.admin.is_none() {
+            let c = telemetry::etcd::connect(&self.args)
+                .await
+                .map_err(|e| match e {
+                    telemetry::etcd::ConnectError::Etcd(e) => e,
+                    telemetry::etcd::ConnectError::Setting(s) => {
+                        EtcdError::new("maintenance login", etcd_client::Error::InvalidArgs(s.0))
+                    }
+                })?;
+            self.admin = Some(c);
+        }
+        Ok(self.admin.clone().expect("connected above"))
     }
 
     /// Every member that answers, with its figures.

@@ -200,7 +200,10 @@ async fn queries(pki: &TestPki, setup: &Setup, https: bool, secs: u64) -> (f64, 
             "{}",
             String::from_utf8_lossy(&created.stderr)
         );
-        let secret = String::from_utf8(created.stdout).unwrap().trim().to_string();
+        let secret = String::from_utf8(created.stdout)
+            .unwrap()
+            .trim()
+            .to_string();
         env.extend([
             ("AUTH_MODE", "token".to_string()),
             ("TLS_CERT_FILE", cert.cert.display().to_string()),
