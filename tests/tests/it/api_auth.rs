@@ -12,6 +12,8 @@ use pipeline_tests::services::{binary, unique_prefix, wait_until};
 use pipeline_tests::EtcdCluster;
 use reqwest::StatusCode;
 use serde_json::Value;
+use telemetry::proto::ingest_client::IngestClient;
+use telemetry::proto::TelemetryRecord;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn cmd(name: &str, etcd: &EtcdCluster, prefix: &str) -> Command {
@@ -225,6 +227,43 @@ async fn tokens_guard_the_api_the_websocket_and_push_ingest_and_every_change_is_
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // gRPC push: the same guard, answered with gRPC statuses.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grpc_push = |token: Option<String>| {
+        let url = format!("http://127.0.0.1:{ingest_port}");
+        async move {
+            let mut client = IngestClient::connect(url).await.unwrap();
+            let rec = TelemetryRecord {
+                hostname: "host-g".into(),
+                gpu_id: "0".into(),
+                uuid: "GPU-g".into(),
+                metric: "DCGM_FI_DEV_GPU_TEMP".into(),
+                timestamp_unix_nano: 1_752_871_354_000_000_000,
+                value: 41.0,
+                ..Default::default()
+            };
+            let mut req = tonic::Request::new(futures::stream::iter(vec![rec]));
+            if let Some(t) = token {
+                req.metadata_mut()
+                    .insert("authorization", format!("Bearer {t}").parse().unwrap());
+            }
+            client.push(req).await.map(|r| r.into_inner().accepted)
+        }
+    };
+    fn code<T>(r: Result<T, tonic::Status>) -> Option<tonic::Code> {
+        r.err().map(|s| s.code())
+    }
+    assert_eq!(
+        code(grpc_push(None).await),
+        Some(tonic::Code::Unauthenticated)
+    );
+    let denied = grpc_push(Some(read.clone())).await;
+    assert_eq!(
+        code(denied),
+        Some(tonic::Code::Unauthenticated),
+        "a revoked token"
+    );
+    assert_eq!(grpc_push(Some(ingest.clone())).await.ok(), Some(1));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let big = format!("{csv}{}", "x".repeat(5000));
     let r = push(Some(ingest.clone()), big).await.unwrap();
