@@ -31,7 +31,7 @@ fn collector(etcd: &EtcdCluster, prefix: &str, id: &str, fold: bool) -> (Proc, S
     (p, admin)
 }
 
-async fn stream(etcd: &EtcdCluster, prefix: &str, csv: &Path) {
+pub(crate) async fn stream(etcd: &EtcdCluster, prefix: &str, csv: &Path) {
     let mut s = Proc::spawn(
         "streamer",
         cmd("streamer", &etcd.endpoints(), prefix)

@@ -23,7 +23,7 @@ fn gateway(etcd: &EtcdCluster, prefix: &str) -> (Proc, String) {
     (p, format!("http://127.0.0.1:{port}"))
 }
 
-async fn put(base: &str, key: &str, value: Value) -> (u16, Value) {
+pub(crate) async fn put(base: &str, key: &str, value: Value) -> (u16, Value) {
     let resp = reqwest::Client::new()
         .put(format!("{base}/api/v1/config/{key}"))
         .json(&json!({ "value": value }))

@@ -15,6 +15,8 @@ use pipeline_tests::services::{unique_prefix, wait_until};
 use pipeline_tests::{sample_csv, EtcdCluster};
 use serde_json::{json, Value};
 
+use crate::insight::stream;
+use crate::live_config::put;
 use crate::readme::{becomes_ready, cmd, get, ready_gateway};
 use crate::storage::metric;
 
@@ -29,29 +31,6 @@ fn collector(etcd: &EtcdCluster, prefix: &str, id: &str, webhook: Option<&str>) 
         c.env("ALERT_WEBHOOK_URL", url);
     }
     (Proc::spawn(id, &mut c), admin)
-}
-
-async fn stream(etcd: &EtcdCluster, prefix: &str, csv: &Path) {
-    let mut s = Proc::spawn(
-        "streamer",
-        cmd("streamer", &etcd.endpoints(), prefix)
-            .arg("--csv")
-            .arg(csv)
-            .env("ADMIN_LISTEN", ""),
-    );
-    let exit = s.wait_exit(Duration::from_secs(120)).await;
-    assert!(exit.is_some_and(|e| e.success()), "{}", s.stderr());
-}
-
-async fn put_config(base: &str, key: &str, value: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .put(format!("{base}/api/v1/config/{key}"))
-        .json(&json!({ "value": value }))
-        .send()
-        .await
-        .expect("PUT config");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or_default())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,7 +50,7 @@ async fn a_derived_chain_of_depth_two_is_computed_and_a_cycle_is_refused() {
             "unknown name \"fb_total\"",
         ),
     ] {
-        let (status, body) = put_config(&base, "derived.metrics", value).await;
+        let (status, body) = put(&base, "derived.metrics", value).await;
         assert_eq!(
             (status, body["code"].as_str()),
             (400, Some("INVALID_CONFIG")),
@@ -83,7 +62,7 @@ async fn a_derived_chain_of_depth_two_is_computed_and_a_cycle_is_refused() {
         {"name": "mem_free_pct", "expr": "100 - mem_used_pct"},
         {"name": "mem_used_pct", "expr": "DCGM_FI_DEV_FB_USED / (DCGM_FI_DEV_FB_USED + DCGM_FI_DEV_FB_FREE) * 100"},
     ]);
-    let (status, body) = put_config(&base, "derived.metrics", chain).await;
+    let (status, body) = put(&base, "derived.metrics", chain).await;
     assert_eq!(status, 200, "{body}");
 
     let (c, admin) = collector(&etcd, &prefix, "c1", None);
@@ -206,7 +185,7 @@ async fn an_alert_goes_pending_firing_resolved_across_a_sigkill_and_is_heard_onc
     let (_gw, port) = ready_gateway(&etcd.endpoints(), &prefix).await;
     let base = format!("http://127.0.0.1:{port}");
     let rule = json!([{"name": "gpu_hot", "metric": "DCGM_FI_DEV_GPU_TEMP", "op": ">", "threshold": 85, "for": "2m"}]);
-    assert_eq!(put_config(&base, "alerts.rules", rule).await.0, 200);
+    assert_eq!(put(&base, "alerts.rules", rule).await.0, 200);
     let (hook, heard) = webhook().await;
 
     let (mut first, first_admin) = collector(&etcd, &prefix, "first", Some(&hook));
