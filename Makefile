@@ -41,6 +41,11 @@ test: ## Run every test: unit, integration and end-to-end, on real etcd
 test-unit: deps ## Run the unit tests only (no etcd needed)
 	$(CARGO) test --workspace --lib --bins
 
+screenshots: ## Re-take the dashboard screenshots in docs/img/ with the browser tests
+	@TESTS=1 bash .ci/deps.sh
+	$(CARGO) build --workspace --bins
+	UPDATE_SCREENSHOTS=1 $(CARGO) test -p pipeline-tests --test it -- dashboard::
+
 lint: deps ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -61,6 +66,10 @@ bench-insight: ## Fleet insight: ingest with rules on vs off; one-day aggregate 
 
 bench-security: ## Security: ingest and query throughput with TLS and auth against without, same run (~5 min)
 	$(MAKE) bench BENCH_ARGS="--security $(BENCH_ARGS)"
+
+bench-dashboard: ## Dashboard: first load in headless Chromium, and the gateway's cost of 100 open dashboards on live data (~2 min)
+	@TESTS=1 bash .ci/deps.sh
+	$(MAKE) bench BENCH_ARGS="--dashboard $(BENCH_ARGS)"
 
 bench-folding: ## Folding: ingest on vs off, a 20M-sample soak on a 256 MiB quota, bytes per sample against promtool's blocks (~30 min)
 	@command -v promtool >/dev/null || DEBIAN_FRONTEND=noninteractive $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y --no-install-recommends prometheus

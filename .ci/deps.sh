@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build and tests need and a fresh Debian lacks: protoc (protobuf-compiler),
 # and with TESTS=1 schemathesis (from PyPI, in a virtualenv under ~/.cache) for the OpenAPI
-# conformance test.
+# conformance test, and Chromium with its ChromeDriver for the dashboard's browser tests.
 # etcd comes from the etcd-bin-vendored crate (etcd 3.7); Debian's etcd-server is installed only
 # as a fallback when ETCD_FALLBACK=1. With BENCH=1 it also installs wrk, the benchmark's HTTP
 # load tool.
@@ -10,6 +10,11 @@ need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 if [[ "${ETCD_FALLBACK:-0}" == 1 ]] && ! command -v etcd >/dev/null 2>&1; then need+=(etcd-server); fi
 if [[ "${BENCH:-0}" == 1 ]] && ! command -v wrk >/dev/null 2>&1; then need+=(wrk); fi
+# The dashboard's browser tests drive Debian's Chromium through its ChromeDriver (~500 MB).
+if [[ "${TESTS:-0}" == 1 ]]; then
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+fi
 if ! python3 -m venv --help >/dev/null 2>&1; then need+=(python3-venv); fi
 install_schemathesis() {
   [[ "${TESTS:-0}" == 1 ]] || return 0

@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod query_cache;
 pub mod state;
 pub mod token_cli;
+pub mod ui;
 pub mod ws;
 
 use std::sync::{Arc, OnceLock};
@@ -74,7 +75,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/config/{key}", put(api::config::set_config))
         .route("/api/v1/ws/telemetry", get(ws::ws_handler))
         .route("/openapi.json", get(openapi::spec))
-        .route("/docs", get(openapi::docs))
+        .merge(ui::router())
         .fallback(|| async { status_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), limits))
         .layer(middleware::from_fn_with_state(
@@ -95,10 +96,11 @@ pub fn app(state: AppState) -> Router {
         .layer(cors)
 }
 
-/// The role each request needs under `AUTH_MODE=token`: none for the probes, `admin` to change
-/// anything, `read` for the rest (the API, the WebSocket, `/metrics`, `/openapi.json`, `/docs`).
+/// The role each request needs under `AUTH_MODE=token`: none for the probes and the dashboard's
+/// and API reference's code (see [`ui`]), `admin` to change anything, `read` for the rest (the
+/// API, the WebSocket, `/metrics`).
 fn needs(method: &Method, path: &str) -> Option<telemetry::auth::Role> {
-    if matches!(path, "/health" | "/ready") {
+    if matches!(path, "/health" | "/ready") || ui::is_public(path) {
         return None;
     }
     let reads = [Method::GET, Method::HEAD, Method::OPTIONS];

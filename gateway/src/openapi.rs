@@ -1,6 +1,7 @@
-//! The OpenAPI 3 document, generated from the handlers' annotations, and a docs page.
+//! The OpenAPI 3 document, generated from the handlers' annotations (rendered at `/docs` by
+//! [`crate::ui`]).
 
-use axum::response::Html;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
@@ -75,7 +76,24 @@ impl Modify for EveryRouteCanAnswer {
             ("429", "rate limited; see Retry-After"),
             ("503", "etcd or the gateway is not ready; see Retry-After"),
             ("504", "the request took longer than REQUEST_TIMEOUT"),
+            (
+                "401",
+                "AUTH_MODE=token: no token, or an unknown or revoked one",
+            ),
+            ("403", "AUTH_MODE=token: the token's role may not do this"),
         ];
+        // A token is optional (`AUTH_MODE=none`, the default) or required (`token`), so the
+        // document offers both: no requirement, or a bearer token.
+        api.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+        api.security = Some(vec![
+            SecurityRequirement::default(),
+            SecurityRequirement::new("bearer", Vec::<String>::new()),
+        ]);
         for item in api.paths.paths.values_mut() {
             for op in [
                 &mut item.get,
@@ -99,14 +117,4 @@ impl Modify for EveryRouteCanAnswer {
 
 pub async fn spec() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(ApiDoc::openapi())
-}
-
-/// A docs page that renders /openapi.json in the browser (Redoc, loaded by the browser).
-pub async fn docs() -> Html<&'static str> {
-    Html(
-        r#"<!doctype html><html><head><title>GPU telemetry API</title><meta charset="utf-8"/></head>
-<body><redoc spec-url="/openapi.json"></redoc>
-<noscript>The machine-readable spec is at <a href="/openapi.json">/openapi.json</a>.</noscript>
-<script src="https://cdn.redoc.ly/redoc/latest/bundles/redoc.standalone.js"></script></body></html>"#,
-    )
 }

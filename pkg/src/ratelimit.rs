@@ -52,7 +52,8 @@ impl RateLimiter {
     }
 }
 
-/// Answers 429 with `Retry-After`, in the contract's error shape, to a client over its rate.
+/// Answers 429 with `Retry-After`, in the contract's error shape, to a client over its rate
+/// (a gRPC call gets `ResourceExhausted`, with the same `Retry-After` header).
 pub async fn middleware(State(limiter): State<RateLimiter>, req: Request, next: Next) -> Response {
     let ip = req
         .extensions()
@@ -62,12 +63,19 @@ pub async fn middleware(State(limiter): State<RateLimiter>, req: Request, next: 
         if let Err(wait) = limiter.check(ip) {
             metrics::counter!("http_rate_limited").increment(1);
             let secs = (wait.as_secs_f64().ceil() as u64).max(1);
-            let body = serde_json::json!({
-                "success": false,
-                "error": format!("too many requests from {ip}: retry in {secs}s"),
-                "code": "RATE_LIMITED",
-            });
-            let mut resp = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+            let message = format!("too many requests from {ip}: retry in {secs}s");
+            let mut resp = if crate::auth::is_grpc(&req) {
+                tonic::Status::resource_exhausted(message)
+                    .into_http::<axum::body::Body>()
+                    .into_response()
+            } else {
+                let body = serde_json::json!({
+                    "success": false,
+                    "error": message,
+                    "code": "RATE_LIMITED",
+                });
+                (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response()
+            };
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
             return resp;

@@ -2,6 +2,7 @@
 //! in-process ([`services`]). Used by the tests in `tests/tests/` and by the benchmark.
 
 pub mod bench;
+pub mod browser;
 pub mod checks;
 pub mod etcd;
 pub mod pki;

@@ -71,14 +71,21 @@ pub async fn set_config(
     State(s): State<AppState>,
     caller: Option<Extension<Caller>>,
     Path(key): Path<String>,
-    body: Result<Json<SetBody>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<Page<SettingEntry>>, AppError> {
-    let Json(body) = body.map_err(|e| {
+    let expected = |why: String| {
         AppError::bad(
             "INVALID_BODY",
-            format!("expected a JSON body {{\"value\": ...}}: {}", e.body_text()),
+            format!("expected a JSON body {{\"value\": ...}}: {why}"),
         )
-    })?;
+    };
+    let Json(body) = body.map_err(|e| expected(e.body_text()))?;
+    // serde reads a struct from an array too (`[null]` would be `{"value": null}`, which
+    // removes the override): only an object is the documented body.
+    if !body.is_object() {
+        return Err(expected("the body is not a JSON object".into()));
+    }
+    let body: SetBody = serde_json::from_value(body).map_err(|e| expected(e.to_string()))?;
     let revision = match settings::set(&s.client, &s.keys, &key, &body.value).await {
         Ok(r) => r,
         Err(SetError::Invalid(e @ Invalid::UnknownKey(_))) => {

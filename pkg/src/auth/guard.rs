@@ -107,13 +107,17 @@ pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Resp
     next.run(req).await
 }
 
+/// Whether a request is a gRPC call, which must be refused with a gRPC status: a gRPC client
+/// reads an HTTP 401 or 429 as `Unavailable`, and would retry what it cannot fix.
+pub(crate) fn is_grpc(req: &Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// The contract's error shape, or a gRPC status for a gRPC call.
 fn refuse(req: &Request, status: StatusCode, code: &str, message: String) -> Response {
-    let grpc = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if grpc {
+    if is_grpc(req) {
         let s = match status {
             StatusCode::UNAUTHORIZED => tonic::Status::unauthenticated(message),
             _ => tonic::Status::permission_denied(message),

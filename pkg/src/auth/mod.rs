@@ -3,6 +3,7 @@
 //! current in every process by a watch, and checked by one axum middleware.
 
 mod guard;
+pub(crate) use guard::is_grpc;
 mod tokens;
 
 pub use guard::{bearer, guard, AuthMode, Caller, Guard, WS_BEARER_PREFIX};

@@ -103,13 +103,7 @@ pub async fn run(quick: bool) {
     );
     queries(&mut report, gpu_hosts, requests).await;
     println!("{}", table(&report));
-    std::fs::create_dir_all("bench-results").expect("bench-results/");
-    let name = format!(
-        "bench-results/insight-{}.json",
-        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
-    );
-    std::fs::write(&name, serde_json::to_string_pretty(&report).unwrap()).expect("write");
-    eprintln!("figures written to {name}");
+    super::write_results("insight", &report);
 }
 
 /// What is evaluated during an ingest.

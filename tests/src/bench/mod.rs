@@ -5,6 +5,7 @@
 
 pub mod ceiling;
 pub mod codec;
+pub mod dashboard;
 pub mod etcd_disk;
 pub mod fold;
 pub mod insight;
@@ -235,4 +236,15 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
         return f64::NAN;
     }
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Writes a run's figures to `bench-results/{what}-{UTC time}.json` and says where.
+pub fn write_results(what: &str, report: &impl Serialize) {
+    std::fs::create_dir_all("bench-results").expect("bench-results/");
+    let name = format!(
+        "bench-results/{what}-{}.json",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    );
+    std::fs::write(&name, serde_json::to_string_pretty(report).unwrap()).expect("write");
+    eprintln!("figures written to {name}");
 }

@@ -90,13 +90,7 @@ pub async fn run(quick: bool, rounds: usize) {
         }
     }
     println!("{}", table(&report));
-    std::fs::create_dir_all("bench-results").expect("bench-results/");
-    let name = format!(
-        "bench-results/security-{}.json",
-        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
-    );
-    std::fs::write(&name, serde_json::to_string_pretty(&report).unwrap()).expect("write");
-    eprintln!("figures written to {name}");
+    super::write_results("security", &report);
 }
 
 /// One configuration on a fresh etcd: ingest records/s, then (req/s, p99 ms) of queries.

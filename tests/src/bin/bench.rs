@@ -53,6 +53,10 @@ struct Args {
     /// gateway over HTTPS with tokens, against neither, in the same run.
     #[arg(long)]
     security: bool,
+    /// Dashboard: its first load in headless Chromium (cold and warm), and the gateway's cost
+    /// of 100 open dashboards on live data against none.
+    #[arg(long)]
+    dashboard: bool,
     /// Ingest runs per configuration (1 and 4 collectors, alternating); --quick runs one.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
@@ -78,8 +82,13 @@ async fn main() {
         folding,
         insight,
         security,
+        dashboard,
         rounds,
     } = Args::parse();
+    if dashboard {
+        pipeline_tests::bench::dashboard::run(quick).await;
+        return;
+    }
     if security {
         pipeline_tests::bench::security::run(quick, rounds).await;
         return;

@@ -26,7 +26,7 @@ fn cmd(name: &str, etcd: &EtcdCluster, prefix: &str) -> Command {
 }
 
 /// `gateway token create`, as a user runs it: the secret on stdout, once.
-fn create_token(etcd: &EtcdCluster, prefix: &str, role: &str) -> String {
+pub(crate) fn create_token(etcd: &EtcdCluster, prefix: &str, role: &str) -> String {
     let out = cmd("gateway", etcd, prefix)
         .args([
             "token",
@@ -94,9 +94,15 @@ async fn tokens_guard_the_api_the_websocket_and_push_ingest_and_every_change_is_
     assert_eq!(body["success"], false);
     let resp = reqwest::get(&gpus).await.unwrap();
     assert_eq!(resp.headers()["www-authenticate"], "Bearer");
-    for path in ["/metrics", "/openapi.json", "/api/v1/config"] {
+    for path in ["/metrics", "/api/v1/config", "/api/v1/ws/telemetry"] {
         let (s, _) = call(reqwest::Method::GET, &format!("{base}{path}"), None).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    // The dashboard's and the reference's code is open (no telemetry in it): a browser
+    // cannot send a token when it navigates, so the page asks for one.
+    for path in ["/", "/ui/app.js", "/openapi.json", "/docs/"] {
+        let resp = reqwest::get(format!("{base}{path}")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
     }
     assert_eq!(
         call(reqwest::Method::GET, &gpus, Some("tpk_guessed"))
@@ -229,12 +235,13 @@ async fn tokens_guard_the_api_the_websocket_and_push_ingest_and_every_change_is_
     assert_eq!(r.status(), 401);
     // gRPC push: the same guard, answered with gRPC statuses.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let grpc_push = |token: Option<String>| {
+    // `hostname`: a record of more than INGEST_MAX_BODY bytes is over the gRPC message limit.
+    let grpc_push_to = |token: Option<String>, hostname: String| {
         let url = format!("http://127.0.0.1:{ingest_port}");
         async move {
             let mut client = IngestClient::connect(url).await.unwrap();
             let rec = TelemetryRecord {
-                hostname: "host-g".into(),
+                hostname,
                 gpu_id: "0".into(),
                 uuid: "GPU-g".into(),
                 metric: "DCGM_FI_DEV_GPU_TEMP".into(),
@@ -250,6 +257,7 @@ async fn tokens_guard_the_api_the_websocket_and_push_ingest_and_every_change_is_
             client.push(req).await.map(|r| r.into_inner().accepted)
         }
     };
+    let grpc_push = |token: Option<String>| grpc_push_to(token, "host-g".into());
     fn code<T>(r: Result<T, tonic::Status>) -> Option<tonic::Code> {
         r.err().map(|s| s.code())
     }
@@ -287,6 +295,19 @@ async fn tokens_guard_the_api_the_websocket_and_push_ingest_and_every_change_is_
     );
     let body: Value = limited.json().await.unwrap();
     assert_eq!(body["code"], "RATE_LIMITED");
+    // gRPC pushes meet the same limits, as gRPC statuses a client knows not to retry blindly.
+    assert_eq!(
+        code(grpc_push(Some(ingest.clone())).await),
+        Some(tonic::Code::ResourceExhausted),
+        "over the rate limit"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let too_big = grpc_push_to(Some(ingest.clone()), "h".repeat(5000)).await;
+    assert_eq!(
+        code(too_big),
+        Some(tonic::Code::OutOfRange),
+        "over INGEST_MAX_BODY"
+    );
 
     // The audit log: three tokens created, one revoked, one setting changed, each with who.
     let client = etcd.client().await;

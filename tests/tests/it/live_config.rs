@@ -213,6 +213,19 @@ async fn a_rate_change_applies_without_a_restart_and_a_bad_value_never_reaches_a
     }
     let (status, body) = put(&base, "stream.speed", json!(5)).await;
     assert_eq!(status, 404, "{body}");
+    // Only an object is a body: `[null]` is not `{"value": null}` (which would remove 2000).
+    for raw in ["[null]", "[5]", "5", "{}"] {
+        let resp = reqwest::Client::new()
+            .put(format!("{base}/api/v1/config/stream.rate"))
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{raw}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], "INVALID_BODY", "{raw}: {body}");
+    }
     let (code, _, err) = config_cli(&etcd, &prefix, &["set", "stream.rate", "-5"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("stream.rate"), "{err}");

@@ -6,6 +6,7 @@ mod cluster;
 mod collector_faults;
 mod collector_invalid;
 mod collector_protocol;
+mod dashboard;
 mod etcd_outages;
 mod folding;
 mod gateway_api;
