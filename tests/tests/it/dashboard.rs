@@ -327,7 +327,7 @@ async fn the_api_reference_renders_every_operation_offline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_view_asks_for_a_token_and_only_an_admin_flips_the_kill_switch() {
-    let etcd = EtcdCluster::single().await;
+    let mut etcd = EtcdCluster::single().await;
     let eps = etcd.endpoints();
     let prefix = unique_prefix("dashboard-kill");
     let token = |role: &str| crate::api_auth::create_token(&etcd, &prefix, role);
@@ -443,17 +443,35 @@ async fn the_pipeline_view_asks_for_a_token_and_only_an_admin_flips_the_kill_swi
     .await;
     assert!(paused, "the collector did not apply the kill switch");
 
+    // etcd going away is shown, with the gateway's reason, and clears once etcd is back.
+    let banner_js =
+        "const e = document.getElementById('banner'); return e.hidden ? '' : e.textContent;";
+    etcd.kill(0);
+    let banner = b
+        .wait_js(banner_js, Duration::from_secs(30), |v| {
+            v.as_str().is_some_and(|s| s.contains("cannot serve data"))
+        })
+        .await;
+    assert!(
+        banner
+            .as_str()
+            .unwrap()
+            .contains("The gateway cannot serve data"),
+        "{banner}"
+    );
+    etcd.restart(0).await;
+    let cleared = b
+        .wait_js(banner_js, Duration::from_secs(30), |v| v == "")
+        .await;
+    assert_eq!(cleared, "", "the banner stayed after etcd came back");
+
     // The gateway going away is shown, not a blank page.
     gw.signal(libc::SIGKILL);
     let banner = b
-        .wait_js(
-            "const e = document.getElementById('banner'); return e.hidden ? '' : e.textContent;",
-            Duration::from_secs(15),
-            |v| {
-                v.as_str()
-                    .is_some_and(|s| s.contains("Cannot reach the gateway"))
-            },
-        )
+        .wait_js(banner_js, Duration::from_secs(15), |v| {
+            v.as_str()
+                .is_some_and(|s| s.contains("Cannot reach the gateway"))
+        })
         .await;
     assert!(
         banner

@@ -116,7 +116,19 @@ async fn an_etcd_frozen_past_the_lease_loses_and_doubles_nothing_and_the_live_st
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert!(signal_pid(pid, libc::SIGCONT));
 
-    streaming.await.unwrap().unwrap();
+    // Every await below is bounded: this test once hung in a full local run and once in CI
+    // (the process parked, nothing left to run), and a hang must name where it is.
+    let bound = Duration::from_secs(180);
+    tokio::time::timeout(bound, streaming)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the streamer had not finished 180 s after etcd resumed: {} of 10,000 published",
+                streamer::Counters::get(&counters.published)
+            )
+        })
+        .unwrap()
+        .unwrap();
     assert_eq!(streamer::Counters::get(&counters.published), 10_000);
     let queue = format!("{prefix}/queue/msg/");
     assert!(
@@ -137,8 +149,14 @@ async fn an_etcd_frozen_past_the_lease_loses_and_doubles_nothing_and_the_live_st
         10_000,
         "the WebSocket client saw every record"
     );
-    collector.shutdown().await.unwrap();
-    gw.shutdown().await.unwrap();
+    tokio::time::timeout(bound, collector.shutdown())
+        .await
+        .expect("the collector did not stop within 180 s")
+        .unwrap();
+    tokio::time::timeout(bound, gw.shutdown())
+        .await
+        .expect("the gateway did not stop within 180 s")
+        .unwrap();
 }
 
 /// A member that answers but has no quorum behind it, as while a cluster restarts: a collector
