@@ -271,9 +271,20 @@ impl EtcdCluster {
         }
     }
 
-    /// How the harness connects: over TLS as `root` when etcd demands it.
+    /// How the harness connects: with the binaries' request timeout and keep-alive (a request
+    /// caught by a frozen etcd once waited forever without them, and hung a test), and over
+    /// TLS as `root` when etcd demands it.
     pub fn options(&self) -> Option<etcd_client::ConnectOptions> {
-        let t = self.tls.as_ref()?;
+        let options = etcd_client::ConnectOptions::new()
+            .with_timeout(std::time::Duration::from_secs(30))
+            .with_keep_alive(
+                std::time::Duration::from_secs(10),
+                std::time::Duration::from_secs(5),
+            )
+            .with_keep_alive_while_idle(true);
+        let Some(t) = self.tls.as_ref() else {
+            return Some(options);
+        };
         let pem = |p: &Path| std::fs::read(p).unwrap();
         let tls = etcd_client::TlsOptions::new()
             .ca_certificate(etcd_client::Certificate::from_pem(pem(&t.ca)))
@@ -281,7 +292,7 @@ impl EtcdCluster {
                 pem(&t.root.cert),
                 pem(&t.root.key),
             ));
-        Some(etcd_client::ConnectOptions::new().with_tls(tls))
+        Some(options.with_tls(tls))
     }
 
     /// A connected client.

@@ -89,7 +89,8 @@ pub async fn start_gateway(
     (Running { stop, handle }, base)
 }
 
-/// Polls `check` every 50 ms until it is true or `timeout` passes.
+/// Polls `check` every 50 ms until it is true or `timeout` passes. A check still running at
+/// the deadline counts as false, so a request that never answers cannot hang the test.
 pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
@@ -97,8 +98,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if check().await {
-            return true;
+        match tokio::time::timeout_at(deadline, check()).await {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(_) => return false,
         }
         if tokio::time::Instant::now() > deadline {
             return false;
