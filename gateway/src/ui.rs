@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use sha2::{Digest, Sha256};
+use telemetry::record::hex_of;
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::error::status_error;
@@ -91,13 +92,9 @@ fn etags() -> &'static [String] {
     ETAGS.get_or_init(|| {
         ASSETS
             .iter()
-            .map(|a| format!("\"{}\"", &hex(&Sha256::digest(a.body))[..16]))
+            .map(|a| format!("\"{}\"", &hex_of(&Sha256::digest(a.body).into())[..16]))
             .collect()
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn serve(path: &str, headers: &HeaderMap) -> Response {

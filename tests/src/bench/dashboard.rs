@@ -20,7 +20,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::procs::{counter_sum, cpu_seconds, free_port, Proc};
+use super::procs::{counter_sum, cpu_seconds, free_port, rss_mb, Proc};
 use super::scenarios::{base_env, generate, start_collectors};
 use crate::browser::Browser;
 use crate::{sample_csv, EtcdCluster};
@@ -72,15 +72,6 @@ pub struct Phase {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 pub async fn run(quick: bool) {

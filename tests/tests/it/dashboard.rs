@@ -65,8 +65,8 @@ async fn latest(base: &str) -> Vec<Value> {
     body["data"].as_array().unwrap().clone()
 }
 
-/// Points the mouse at a GPU's cell and returns the tooltip's text.
-async fn hover(b: &Browser, uuid: &str) -> String {
+/// Moves the mouse onto a GPU's cell of the grid, clicking it if asked.
+async fn point_at(b: &Browser, uuid: &str, click: bool) {
     let at = b
         .js(
             "const c = window.dashboard.fleet.cellCenter(arguments[0]); if (!c) return null; \
@@ -78,8 +78,13 @@ async fn hover(b: &Browser, uuid: &str) -> String {
     let at = at
         .as_array()
         .unwrap_or_else(|| panic!("no cell for {uuid}"));
-    b.pointer(at[0].as_f64().unwrap(), at[1].as_f64().unwrap(), false)
+    b.pointer(at[0].as_f64().unwrap(), at[1].as_f64().unwrap(), click)
         .await;
+}
+
+/// Points the mouse at a GPU's cell and returns the tooltip's text.
+async fn hover(b: &Browser, uuid: &str) -> String {
+    point_at(b, uuid, false).await;
     b.text("#fleet-tip").await
 }
 
@@ -210,16 +215,7 @@ async fn the_fleet_view_shows_the_real_fleet_live_and_a_gpu_chart_gets_its_point
 
     // Clicking the cell opens the GPU view: its temperature chart has the 20 historical
     // half-minute points and the live one, and a new sample is appended without a reload.
-    let at = b
-        .js(
-            "const c = window.dashboard.fleet.cellCenter(arguments[0]); \
-             const r = document.getElementById('fleet-grid').getBoundingClientRect(); \
-             return [r.left + c.x, r.top + c.y];",
-            vec![json!(GPU)],
-        )
-        .await;
-    b.pointer(at[0].as_f64().unwrap(), at[1].as_f64().unwrap(), true)
-        .await;
+    point_at(&b, GPU, true).await;
     let chart = format!(".chart[data-metric=\"{TEMP}\"]");
     let points = b
         .wait_js(&attr(&chart, "data-points"), Duration::from_secs(20), |v| {
