@@ -70,7 +70,6 @@ pub fn grants(role: Role, keys: &Keys) -> Vec<Grant> {
                 "queue",
                 "collectors",
                 "trace",
-                "dedupe",
                 "leases",
                 "telemetry",
                 "storage",
@@ -115,12 +114,9 @@ pub struct SetupArgs {
     #[arg(long)]
     pub no_enable: bool,
 
-    /// Give the collector its prefix role only, not also etcd's root role. etcd checks write
-    /// permission on every key already attached to a lease at each put with that lease, unless
-    /// the user has the root role; the collector attaches thousands of samples to each
-    /// retention lease, so a collector without root slows down as the leases fill and stalls
-    /// etcd within minutes at full rate (docs/security.md). Fit for a small fleet only.
-    #[arg(long)]
+    /// Accepted for scripts written for the previous release, which gave the collector etcd's
+    /// root role unless this was set: the collector now always gets its prefix role only.
+    #[arg(long, hide = true)]
     pub strict_collector: bool,
 }
 
@@ -196,17 +192,12 @@ pub async fn setup(client: &Client, keys: &Keys, args: &SetupArgs) -> anyhow::Re
         c.user_grant_role(name.as_str(), name.as_str())
             .await
             .context("grant a role")?;
-        if role == Role::Collector && !args.strict_collector {
-            c.user_grant_role(name.as_str(), "root")
-                .await
-                .context("grant root")?;
-            done.push(format!(
-                "user {name}: also has etcd's root role, without which etcd checks every key \
-                 on a lease at each put with it (--strict-collector to leave it out)"
-            ));
-        } else if role == Role::Collector {
-            // A strict collector that was given root before: take it back.
-            let _ = c.user_revoke_role(name.as_str(), "root").await;
+        if role == Role::Collector {
+            // The previous release gave the collector root (its retention leases needed it):
+            // take it back, so that a re-run leaves least privilege.
+            if c.user_revoke_role(name.as_str(), "root").await.is_ok() {
+                done.push(format!("user {name}: etcd's root role taken back"));
+            }
         }
     }
     // etcd lets only its root role compact, defragment and disarm alarms: a user of its own,

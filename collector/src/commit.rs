@@ -7,30 +7,26 @@
 //!    unchanged, so no commit applies twice;
 //! 3. for each record, its entry in the processed set does not exist: the content has not been
 //!    stored before. The entry is the record's own data key, which ends with its SHA-256
-//!    ([`ProcessedSet::DataKeys`]), or a separate marker when stored data expires before the
-//!    dedupe window does ([`ProcessedSet::Markers`]);
+//!    ([`crate::dedupe`]);
 //! 4. for each fold window the records fall in, its fold marker is where the committer last
 //!    saw it: no chunk that could already hold one of the records has changed unseen
 //!    ([`folded`]).
 //!
-//! On success it puts each record (under a retention bucket lease), and its marker if there is
-//! one, puts invalid records with their reasons, and deletes the message and its attempt
+//! On success it puts each record (no lease: retention deletes, see `storage::retention`),
+//! puts invalid records with their reasons, and deletes the message and its attempt
 //! counter. On failure the same Txn reads back the owner key, the message key and the
 //! processed-set entries, so one round trip tells which compare failed: duplicates are dropped
 //! and the Txn retried; a lost fence or a gone message ends the commit.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 use telemetry::entries::InvalidEntry;
 use telemetry::etcd::EtcdError;
 use telemetry::keys::Keys;
 use telemetry::proto::TelemetryRecord;
 
-use crate::buckets::BucketLeases;
 use crate::claim::{fence_compare, Fence};
-use crate::dedupe::ProcessedSet;
 use crate::states::{Progress, States};
 
 mod folded;
@@ -66,8 +62,6 @@ pub enum Outcome {
 pub struct Committer {
     client: Client,
     keys: Keys,
-    processed: ProcessedSet,
-    retention: Arc<BucketLeases>,
     folded: FoldedWindows,
     max_ops: usize,
     states: States,
@@ -75,21 +69,12 @@ pub struct Committer {
 
 impl Committer {
     /// `max_ops` is etcd's `--max-txn-ops`: a message whose commit needs more is cut into
-    /// several Txns ([`ProcessedSet::chunks`]).
-    pub fn new(
-        client: Client,
-        keys: Keys,
-        processed: ProcessedSet,
-        retention: Arc<BucketLeases>,
-        folded: FoldedWindows,
-        max_ops: usize,
-    ) -> Self {
+    /// several Txns ([`crate::dedupe::chunks`]).
+    pub fn new(client: Client, keys: Keys, folded: FoldedWindows, max_ops: usize) -> Self {
         let keys_for_states = keys.clone();
         Self {
             client,
             keys,
-            processed,
-            retention,
             folded,
             max_ops,
             states: States::off(keys_for_states),
@@ -107,11 +92,6 @@ impl Committer {
         &self.states
     }
 
-    /// The retention leases, shared with other writers of stored data (the GPU registry).
-    pub fn retention(&self) -> &Arc<BucketLeases> {
-        &self.retention
-    }
-
     /// Commits `valid` and `invalid` records of `msg` under `fence`.
     pub async fn commit(
         &self,
@@ -124,10 +104,7 @@ impl Committer {
         let refused = refused(&self.keys, invalid);
         let (mut stored, mut invalid_stored) = (0, 0);
         let windows = self.folded.ends(valid.iter().copied()).len();
-        for chunk in self
-            .processed
-            .chunks(valid.len(), invalid.len(), self.max_ops, windows)
-        {
+        for chunk in crate::dedupe::chunks(valid.len(), invalid.len(), self.max_ops, windows) {
             let records = valid[chunk.valid].to_vec();
             match self
                 .commit_chunk(
@@ -184,12 +161,6 @@ impl Committer {
                 ends = self.folded.ends(valid.iter().copied());
                 expected = ends.iter().map(|e| markers[e]).collect();
             }
-            let marker_lease = match &self.processed {
-                ProcessedSet::DataKeys => None,
-                ProcessedSet::Markers(leases) => Some(leases.current().await?),
-            };
-            let retention_lease = self.retention.current().await?;
-            let leases = (marker_lease, retention_lease);
             let end = match stored_before {
                 Some(before) => {
                     let outcome = if msg.progress.valid == 0 && msg.progress.invalid > 0 {
@@ -197,26 +168,13 @@ impl Committer {
                     } else {
                         telemetry::trace::Outcome::Stored
                     };
-                    let state = self
-                        .states
-                        .put(msg, outcome, before + valid.len(), None)
-                        .await?;
-                    Some(state)
+                    Some(self.states.put(msg, outcome, before + valid.len(), None))
                 }
                 None => None,
             };
-            let txn = self.build(fence, msg, (&valid, &ends, &expected), invalid, leases, end);
+            let txn = self.build(fence, msg, (&valid, &ends, &expected), invalid, end);
             let resp = match self.client.kv_client().txn(txn).await {
                 Ok(r) => r,
-                Err(e) if telemetry::etcd::is_not_found(&e) => {
-                    // A bucket lease expired under us (clock jump, long pause): get fresh ones.
-                    if let ProcessedSet::Markers(leases) = &self.processed {
-                        leases.invalidate();
-                    }
-                    self.retention.invalidate();
-                    self.states.invalidate();
-                    continue;
-                }
                 Err(e) => {
                     let e = EtcdError::new("commit", e);
                     // The Txn that crosses etcd's quota is applied and then answered with
@@ -259,7 +217,7 @@ impl Committer {
             let (entries, markers) = reads[2..].split_at(valid.len());
             let seen: HashSet<&[u8]> = entries.iter().flatten().map(|kv| kv.key()).collect();
             let before = valid.len();
-            valid.retain(|r| !seen.contains(self.processed_key(r).as_bytes()));
+            valid.retain(|r| !seen.contains(data_key(&self.keys, r).as_bytes()));
             let moved = FoldedWindows::moved(&expected, markers);
             if moved {
                 // Read the chunks on the next try.
@@ -282,7 +240,6 @@ impl Committer {
         msg: &Claimed,
         (valid, ends, expected): (&[&TelemetryRecord], &[i64], &[i64]),
         invalid: &[Refused<'_>],
-        (marker_lease, retention_lease): (Option<i64>, i64),
         end: Option<Option<TxnOp>>,
     ) -> Txn {
         let k = &self.keys;
@@ -293,18 +250,15 @@ impl Committer {
             CompareOp::Equal,
             msg.mod_revision,
         ));
-        let per_record = self.processed.ops_per_record();
-        let mut success = Vec::with_capacity(valid.len() * per_record + invalid.len() + 2);
+        let mut success = Vec::with_capacity(valid.len() + invalid.len() + 3);
         let mut failure = Vec::with_capacity(valid.len() + 2);
         failure.push(TxnOp::get(k.owner(fence.partition), None));
         failure.push(TxnOp::get(
             msg.key.as_str(),
             Some(GetOptions::new().with_keys_only()),
         ));
-        let retention = Some(PutOptions::new().with_lease(retention_lease));
-        let marker = marker_lease.map(|l| PutOptions::new().with_lease(l));
         for r in valid {
-            let entry = self.processed_key(r);
+            let entry = data_key(k, r);
             compares.push(Compare::create_revision(
                 entry.as_str(),
                 CompareOp::Equal,
@@ -314,19 +268,7 @@ impl Committer {
                 entry.as_str(),
                 Some(GetOptions::new().with_keys_only()),
             ));
-            match &marker {
-                // The marker's presence is the fact; an empty value keeps etcd's apply loop
-                // as light as possible.
-                Some(opts) => {
-                    success.push(TxnOp::put(entry, Vec::new(), Some(opts.clone())));
-                    success.push(TxnOp::put(
-                        data_key(k, r),
-                        stored_bytes(r),
-                        retention.clone(),
-                    ));
-                }
-                None => success.push(TxnOp::put(entry, stored_bytes(r), retention.clone())),
-            }
+            success.push(TxnOp::put(entry, stored_bytes(r), None));
         }
         for Refused {
             record: r,
@@ -345,7 +287,7 @@ impl Committer {
                 detected_at: chrono::Utc::now().to_rfc3339(),
             };
             let json = serde_json::to_vec(&entry).unwrap_or_default();
-            success.push(TxnOp::put(key.as_str(), json, retention.clone()));
+            success.push(TxnOp::put(key.as_str(), json, None));
         }
         compares.extend(FoldedWindows::compares(k, ends, expected));
         failure.extend(FoldedWindows::reads(k, ends));
@@ -369,12 +311,12 @@ impl Committer {
         // The Txn puts the valid records' keys, then the invalid ones'.
         let first = valid
             .first()
-            .map(|r| self.processed_key(r))
+            .map(|r| data_key(&self.keys, r))
             .or_else(|| invalid.first().map(|r| r.key.clone()));
         let last = invalid
             .last()
             .map(|r| r.key.clone())
-            .or_else(|| valid.last().map(|r| self.processed_key(r)));
+            .or_else(|| valid.last().map(|r| data_key(&self.keys, r)));
         telemetry::storage::landed(
             &self.client,
             first.as_deref(),
@@ -382,13 +324,5 @@ impl Committer {
             msg.mod_revision,
         )
         .await
-    }
-
-    /// The key a record's processed-set entry lives at.
-    fn processed_key(&self, r: &TelemetryRecord) -> String {
-        match self.processed {
-            ProcessedSet::DataKeys => data_key(&self.keys, r),
-            ProcessedSet::Markers(_) => self.keys.dedupe(&r.idempotency_key),
-        }
     }
 }

@@ -36,8 +36,8 @@ pub struct Config {
     pub processing_timeout: Duration,
 
     /// How long content hashes are remembered for deduplication (at least). A stored record's
-    /// key holds its hash, so when TELEMETRY_RETENTION is at least this long no separate
-    /// dedupe markers are written.
+    /// key holds its hash, and what retention deletes is refused afterwards, so every window is
+    /// covered without a marker key (docs/protocol.md).
     #[arg(long = "dedupe-window", env = "DEDUPE_WINDOW", default_value = "24h", value_parser = parse_duration)]
     pub dedupe_window: Duration,
 
@@ -46,7 +46,8 @@ pub struct Config {
     #[arg(long = "message-state-ttl", env = "MESSAGE_STATE_TTL", default_value = "1h", value_parser = parse_duration)]
     pub message_state_ttl: Duration,
 
-    /// How long stored telemetry is kept.
+    /// How long stored telemetry is kept, in sample time: the storage maintainer deletes what is
+    /// older than this before the newest stored sample, and collectors refuse it.
     #[arg(long = "retention", env = "TELEMETRY_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub retention: Duration,
 

@@ -1,8 +1,8 @@
 //! Keeps the GPU registry fresh for the gateway.
 //!
 //! Entries are written before the records that mention them are committed, so that every GPU
-//! with stored data is listed, under the current retention lease, so a GPU that stops
-//! reporting drops out with its data. `last_seen` is the newest reading this collector has
+//! with stored data is listed. A GPU that stops reporting drops out once retention has deleted
+//! its data (the storage maintainer deletes its entry then, `storage::retention`). `last_seen` is the newest reading this collector has
 //! stored for the GPU, and never goes back. Writes are rationed, since every record names its
 //! GPU:
 //! - live data (readings from the last [`REFRESH`]): an entry is rewritten at most once per
@@ -13,10 +13,9 @@
 //!   exactly at the newest reading.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::buckets::BucketLeases;
 use etcd_client::{Client, PutOptions, Txn, TxnOp};
 use telemetry::entries::GpuInfo;
 use telemetry::etcd::{Context, EtcdError};
@@ -45,7 +44,6 @@ struct Entry {
 pub struct GpuRegistry {
     client: Client,
     keys: Keys,
-    leases: Arc<BucketLeases>,
     /// By hostname, then GPU index.
     entries: Mutex<HashMap<String, HashMap<String, Entry>>>,
     /// One write at a time, so that a write of an older reading can never land after a
@@ -54,11 +52,10 @@ pub struct GpuRegistry {
 }
 
 impl GpuRegistry {
-    pub fn new(client: Client, keys: Keys, leases: Arc<BucketLeases>) -> Self {
+    pub fn new(client: Client, keys: Keys) -> Self {
         Self {
             client,
             keys,
-            leases,
             entries: Mutex::new(HashMap::new()),
             writing: tokio::sync::Mutex::new(()),
         }
@@ -123,12 +120,11 @@ impl GpuRegistry {
         if unknown.is_empty() {
             return Ok(());
         }
-        let lease = self.leases.current().await?;
         let reports: Vec<identity::Report> = unknown
             .iter()
             .map(|r| (r.hostname.as_str(), r.gpu_id.as_str(), r.uuid.as_str()))
             .collect();
-        let verdicts = identity::check(&self.client, &self.keys, &reports, lease).await?;
+        let verdicts = identity::check(&self.client, &self.keys, &reports).await?;
         for (r, verdict) in unknown.into_iter().zip(verdicts) {
             if verdict.conflict {
                 let alias = serde_json::to_vec(&GpuInfo::of(r)).unwrap_or_default();
@@ -137,7 +133,7 @@ impl GpuRegistry {
                     .put(
                         self.keys.gpu_alias(&r.hostname, &r.gpu_id, &r.uuid),
                         alias,
-                        Some(PutOptions::new().with_lease(lease)),
+                        None,
                     )
                     .await
                     .ctx("keep a GPU alias")?;
@@ -208,14 +204,13 @@ impl GpuRegistry {
                 })
                 .collect()
         };
-        let lease = self.leases.current().await?;
         let ops: Vec<TxnOp> = infos
             .iter()
             .map(|info| {
                 TxnOp::put(
                     self.keys.gpu(&info.hostname, &info.gpu_id),
                     serde_json::to_vec(info).unwrap_or_default(),
-                    Some(PutOptions::new().with_lease(lease)),
+                    None::<PutOptions>,
                 )
             })
             .collect();

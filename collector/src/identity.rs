@@ -1,6 +1,7 @@
 //! GPU identity: which UUID a host and index is, and which host and index a UUID is on.
 //!
-//! The first report wins and is written once (put-if-absent under the retention lease). A
+//! The first report wins and is written once (put-if-absent; the storage maintainer deletes it
+//! with the registry entry once the GPU has nothing stored, `storage::retention`). A
 //! later report that disagrees is a conflict: it is counted (`gpu_identity_conflicts`),
 //! logged, and kept as an alias entry beside the registry entry, so both mappings stay
 //! queryable and a pushed record can never re-map (and so hide) another GPU's data. Stored
@@ -22,19 +23,10 @@ pub struct Verdict {
 }
 
 /// Puts `value` at `key` unless the key exists; returns the value the key holds afterwards.
-async fn first_writer(
-    client: &Client,
-    key: &str,
-    value: &str,
-    lease: i64,
-) -> Result<String, EtcdError> {
+async fn first_writer(client: &Client, key: &str, value: &str) -> Result<String, EtcdError> {
     let txn = Txn::new()
         .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(
-            key,
-            value,
-            Some(PutOptions::new().with_lease(lease)),
-        )])
+        .and_then([TxnOp::put(key, value, None::<PutOptions>)])
         .or_else([TxnOp::get(key, None)]);
     let resp = client
         .kv_client()
@@ -67,7 +59,6 @@ pub async fn check(
     client: &Client,
     keys: &Keys,
     reports: &[Report<'_>],
-    lease: i64,
 ) -> Result<Vec<Verdict>, EtcdError> {
     // (key, the value this batch would write there)
     let mut wanted: Vec<(String, String)> = Vec::new();
@@ -116,13 +107,7 @@ pub async fn check(
             .and_then(
                 chunk
                     .iter()
-                    .map(|(k, v)| {
-                        TxnOp::put(
-                            k.as_str(),
-                            v.as_str(),
-                            Some(PutOptions::new().with_lease(lease)),
-                        )
-                    })
+                    .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None::<PutOptions>))
                     .collect::<Vec<_>>(),
             );
         let won = client
@@ -135,7 +120,7 @@ pub async fn check(
             let value = if won {
                 v.clone()
             } else {
-                first_writer(client, k, v, lease).await?
+                first_writer(client, k, v).await?
             };
             held.insert(k.clone(), value);
         }

@@ -4,7 +4,6 @@
 
 pub mod access;
 pub mod assignment;
-pub mod buckets;
 pub mod claim;
 pub mod commit;
 pub mod config;
@@ -24,9 +23,7 @@ pub mod watcher;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::buckets::BucketLeases;
 use crate::commit::{Committer, FoldedWindows};
-use crate::dedupe::ProcessedSet;
 use etcd_client::Client;
 use telemetry::cluster::{Registration, Role};
 use telemetry::keys::Keys;
@@ -53,6 +50,8 @@ pub struct Shared {
     pub settings: Settings,
     /// The partitions this collector works on now, for its cluster entry.
     pub held: std::sync::Mutex<Vec<u16>>,
+    /// Samples older than this are refused (`storage::retention`).
+    pub cutoff: storage::Cutoff,
 }
 
 /// Why a collector could not start: the start-up every queue process shares.
@@ -94,34 +93,20 @@ pub async fn run(
         readiness.clone(),
         shutdown.clone(),
     ));
-    let processed = ProcessedSet::for_settings(&client, &keys, cfg.dedupe_window, cfg.retention);
-    if let ProcessedSet::Markers(_) = processed {
-        tracing::info!(
-            "TELEMETRY_RETENTION is shorter than DEDUPE_WINDOW: a dedupe marker is written beside every record"
-        );
-    }
-    let retention = Arc::new(BucketLeases::new(
-        client.clone(),
-        keys.clone(),
-        "retention",
-        cfg.retention,
-    ));
     let shared = Arc::new(Shared {
         committer: Committer::new(
             client.clone(),
             keys.clone(),
-            processed,
-            retention.clone(),
             FoldedWindows::new(storage::Windows::new(cfg.storage.fold_window)),
             cfg.process.queue.max_txn_ops as usize,
         )
         .with_states(states::States::new(
-            client.clone(),
             keys.clone(),
             cfg.message_state_ttl,
             cfg.id.clone(),
         )),
-        registry: gpu_registry::GpuRegistry::new(client.clone(), keys.clone(), retention),
+        registry: gpu_registry::GpuRegistry::new(client.clone(), keys.clone()),
+        cutoff: storage::Cutoff::default(),
         permits: Semaphore::new(usize::from(cfg.workers)),
         settings,
         held: Default::default(),
@@ -145,7 +130,7 @@ pub async fn run(
     ));
     tracker.spawn(housekeeping(shared.clone(), shutdown.clone()));
     tracker.spawn(storage::run(shared.clone(), shutdown.clone()));
-    let _storage = telemetry::storage::track(
+    let storage = telemetry::storage::track(
         client.clone(),
         shared.keys.clone(),
         shared.cfg.storage.check_interval,
@@ -153,6 +138,7 @@ pub async fn run(
         telemetry::storage::BlockOn::Alarm,
         shutdown.clone(),
     );
+    tracker.spawn(learn_cutoff(shared.clone(), storage.status));
 
     // One lease at a time; a lost lease stops every worker, then we start over with a new one.
     let mut backoff =
@@ -234,6 +220,22 @@ fn status(shared: Arc<Shared>) -> telemetry::cluster::StatusFn {
             "lag_ms": Counters::get(&c.lag_ms),
         })
     })
+}
+
+/// Follows the retention cutoff the maintainer publishes, so that every worker refuses what
+/// retention has deleted (the maintainer's own collector learns it at once).
+async fn learn_cutoff(
+    shared: Arc<Shared>,
+    mut status: tokio::sync::watch::Receiver<Option<telemetry::storage::StorageStatus>>,
+) {
+    loop {
+        if let Some(s) = status.borrow_and_update().as_ref() {
+            shared.cutoff.learn(s.retention_cutoff_unix_nano);
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Once a second: samples the queue depth, and writes the GPU registry's pending historical

@@ -184,9 +184,16 @@ async fn process(
     let mut valid = Vec::with_capacity(total);
     let mut invalid = Vec::new();
     for mut r in std::mem::take(&mut message.records) {
-        match admit(&message.schema_version, &mut r) {
-            Ok(()) => valid.push(r),
-            Err(reason) => invalid.push((r, reason)),
+        let refused = admit(&message.schema_version, &mut r).err().or_else(|| {
+            let old = shared.cutoff.refuses(r.timestamp_unix_nano)?;
+            // Its entry is kept from now, not from the sample's (long past) time.
+            let at = message.created_unix_ms.saturating_mul(1_000_000);
+            r.id = telemetry::record::content_id(at, &r.idempotency_key).unwrap_or(r.id.clone());
+            Some(old)
+        });
+        match refused {
+            None => valid.push(r),
+            Some(reason) => invalid.push((r, reason)),
         }
     }
     claimed.progress.validated_unix_ms = now_millis();
@@ -306,15 +313,12 @@ async fn bury(
     records: usize,
 ) -> Step {
     let letter = dlq::letter(fence, msg, payload, reason, attempts, records);
-    let state = shared
-        .committer
-        .states()
-        .put(msg, telemetry::trace::Outcome::DeadLettered, 0, Some(reason))
-        .await
-        .unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot write the message's state; dead-lettering it without");
-            None
-        });
+    let state = shared.committer.states().put(
+        msg,
+        telemetry::trace::Outcome::DeadLettered,
+        0,
+        Some(reason),
+    );
     match dlq::bury(&shared.client, &shared.keys, fence, msg, &letter, state).await {
         Ok(true) => {
             shared.counters.dead_lettered();

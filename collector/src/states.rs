@@ -1,17 +1,15 @@
 //! Message states: what the collector that finishes a message writes about it, inside the Txn
 //! that stores its records or dead-letters it (`telemetry::trace` says why there).
 //!
-//! The states share time-bucket leases (`buckets`), so a million of them expire with a few
-//! leases after `MESSAGE_STATE_TTL`; a TTL of 0 writes none.
+//! A state's key is its message's ULID, so the storage maintainer deletes those older than
+//! `MESSAGE_STATE_TTL` with one `DeleteRange` (`storage::retention`); a TTL of 0 writes none.
 
 use std::time::Duration;
 
-use etcd_client::{Client, PutOptions, TxnOp};
-use telemetry::etcd::EtcdError;
+use etcd_client::{PutOptions, TxnOp};
 use telemetry::keys::Keys;
 use telemetry::trace::{MessageState, Outcome};
 
-use crate::buckets::BucketLeases;
 use crate::commit::Claimed;
 
 /// What a worker learns about a message on its way through, for its state.
@@ -32,18 +30,16 @@ pub struct Progress {
 
 /// Writes message states, or nothing when they are off.
 pub struct States {
-    leases: Option<BucketLeases>,
+    on: bool,
     keys: Keys,
     owner: String,
 }
 
 impl States {
     /// States kept for `ttl` (none when it is zero), written by collector `owner`.
-    pub fn new(client: Client, keys: Keys, ttl: Duration, owner: String) -> Self {
-        let leases =
-            (!ttl.is_zero()).then(|| BucketLeases::new(client, keys.clone(), "trace", ttl));
+    pub fn new(keys: Keys, ttl: Duration, owner: String) -> Self {
         Self {
-            leases,
+            on: !ttl.is_zero(),
             keys,
             owner,
         }
@@ -52,24 +48,23 @@ impl States {
     /// States that are never written.
     pub fn off(keys: Keys) -> Self {
         Self {
-            leases: None,
+            on: false,
             keys,
             owner: String::new(),
         }
     }
 
     /// The put of `msg`'s final state, for the Txn that ends it.
-    pub async fn put(
+    pub fn put(
         &self,
         msg: &Claimed,
         outcome: Outcome,
         stored: usize,
         reason: Option<&str>,
-    ) -> Result<Option<TxnOp>, EtcdError> {
-        let Some(leases) = &self.leases else {
-            return Ok(None);
-        };
-        let lease = leases.current().await?;
+    ) -> Option<TxnOp> {
+        if !self.on {
+            return None;
+        }
         let p = &msg.progress;
         let state = MessageState {
             id: msg.message_id.clone(),
@@ -88,17 +83,10 @@ impl States {
             stored,
             reason: reason.map(str::to_string),
         };
-        Ok(Some(TxnOp::put(
+        Some(TxnOp::put(
             self.keys.message_state(&msg.message_id),
             serde_json::to_vec(&state).unwrap_or_default(),
-            Some(PutOptions::new().with_lease(lease)),
-        )))
-    }
-
-    /// Forgets cached leases, after etcd said one no longer exists.
-    pub fn invalidate(&self) {
-        if let Some(l) = &self.leases {
-            l.invalidate();
-        }
+            None::<PutOptions>,
+        ))
     }
 }

@@ -68,6 +68,15 @@ function render(c) {
     ),
     tile('Maintainer', c.maintainer || 'none elected', storage ? `report ${ago(storage.updated_unix_ms)}` : '', c.maintainer ? '' : 'warn'),
     tile(
+      'Retention',
+      storage && storage.retention_cutoff_unix_nano
+        ? `kept from ${new Date(storage.retention_cutoff_unix_nano / 1e6).toISOString().replace('.000Z', 'Z')}`
+        : 'nothing expires yet',
+      storage
+        ? `${num(storage.samples_expired_retention || 0)} samples expired by age · ${num(storage.samples_expired_budget)} by budget`
+        : '',
+    ),
+    tile(
       'Configuration',
       `revision ${c.config.revision}`,
       c.config.applied_everywhere ? 'applied everywhere' : `not yet applied by ${c.config.behind.join(', ')}`,

@@ -130,12 +130,6 @@ impl Keys {
         format!("{}{message_id}", self.dead_letters_root())
     }
 
-    /// Dedupe marker, under a time-bucket lease: written only when stored data expires before
-    /// the dedupe window does (otherwise the data key is the dedupe entry; see `dedupe`).
-    pub fn dedupe(&self, idempotency_key: &str) -> String {
-        format!("{}/dedupe/{idempotency_key}", self.prefix)
-    }
-
     /// Shared bucket leases: the lease id for a kind and bucket, so collectors share leases.
     pub fn bucket_lease(&self, kind: &str, bucket: i64) -> String {
         format!("{}/leases/{kind}/{bucket}", self.prefix)

@@ -10,8 +10,8 @@ use telemetry::queue::{envelope, Publisher, SCHEMA_VERSION};
 use telemetry::rules::alert::{Change, State};
 use tokio_util::sync::CancellationToken;
 
+use super::buckets::BucketLeases;
 use super::{Decided, Evaluator, FLUSH_EVERY};
-use crate::buckets::BucketLeases;
 use crate::storage::Leadership;
 use crate::Shared;
 

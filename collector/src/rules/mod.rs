@@ -14,6 +14,7 @@
 //! dedupe and store them, and their stored copies come back through the watch, where alerts
 //! on derived metrics see them.
 
+mod buckets;
 mod flush;
 mod groups;
 mod webhook;

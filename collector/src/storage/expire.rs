@@ -85,33 +85,48 @@ pub(super) async fn first_and_last<P: AsRef<str>>(
     Ok(out)
 }
 
-/// The oldest and newest sample times over every GPU, raw or folded (a chunk counts at its
-/// window's end).
-async fn span(
+/// Each GPU's oldest and newest sample times, raw or folded (a chunk counts at its window's
+/// end); `None` for a GPU with nothing stored.
+pub(super) async fn extents(
     client: &Client,
     keys: &Keys,
     gpus: &[String],
-) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, EtcdError> {
-    let chunk_prefixes: Vec<String> = gpus
+) -> Result<Vec<Option<Span>>, EtcdError> {
+    // Each GPU's raw prefix, then its chunks' prefix, with the GPU's index.
+    let tiers: Vec<(usize, String)> = gpus
         .iter()
-        .filter_map(|g| keys.chunks_of_data_gpu(g))
+        .enumerate()
+        .flat_map(|(i, g)| {
+            let chunks = keys.chunks_of_data_gpu(g).map(|c| (i, c));
+            std::iter::once((i, g.clone())).chain(chunks)
+        })
         .collect();
-    let tiers = gpus.iter().chain(&chunk_prefixes).collect::<Vec<_>>();
-    let mut span: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
-    let ends = first_and_last(client, &tiers).await?;
-    for (prefix, pair) in tiers.iter().zip(ends) {
+    let prefixes: Vec<&str> = tiers.iter().map(|(_, p)| p.as_str()).collect();
+    let ends = first_and_last(client, &prefixes).await?;
+    let mut out: Vec<Option<Span>> = vec![None; gpus.len()];
+    for ((i, prefix), pair) in tiers.iter().zip(ends) {
         for kv in [pair.0, pair.1].into_iter().flatten() {
             let Some(t) = time_of(kv.key(), prefix).or_else(|| chunk_end_of(kv.key(), prefix))
             else {
                 continue;
             };
-            span = Some(match span {
-                None => (t, t),
-                Some((lo, hi)) => (lo.min(t), hi.max(t)),
-            });
+            let slot = &mut out[*i];
+            *slot = Some(slot.map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t))));
         }
     }
-    Ok(span)
+    Ok(out)
+}
+
+/// The oldest and the newest sample time of a GPU, or of the whole store.
+pub(super) type Span = (DateTime<Utc>, DateTime<Utc>);
+
+/// The span of the whole store.
+pub(super) fn overall(extents: &[Option<Span>]) -> Option<Span> {
+    extents
+        .iter()
+        .flatten()
+        .copied()
+        .reduce(|(lo, hi), (l, h)| (lo.min(l), hi.max(h)))
 }
 
 /// Deletes, on every GPU, the samples older than the oldest plus `share` of the span
@@ -123,16 +138,31 @@ pub(super) async fn oldest(
     share: f64,
 ) -> Result<Option<Expired>, EtcdError> {
     let gpus = gpu_prefixes(client, keys).await?;
-    let Some((lo, hi)) = span(client, keys, &gpus).await? else {
+    let Some((lo, hi)) = overall(&extents(client, keys, &gpus).await?) else {
         return Ok(Some(Expired::default()));
     };
     let width = ((hi - lo).num_nanoseconds().unwrap_or(i64::MAX) as f64 * share) as i64;
     let cutoff = lo + chrono::Duration::nanoseconds(width.max(1_000_000_000));
-    let mut expired = Expired {
-        samples: 0,
+    let Some(samples) = before(client, keys, fence, &gpus, cutoff).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Expired {
+        samples,
         from: Some(lo),
         before: Some(cutoff),
-    };
+    }))
+}
+
+/// Deletes the samples of `gpus` older than `cutoff` (raw, and the chunks of windows that end
+/// by it) under `fence`, and counts them. `None` when the fence no longer holds.
+pub(super) async fn before(
+    client: &Client,
+    keys: &Keys,
+    fence: &[Compare],
+    gpus: &[String],
+    cutoff: DateTime<Utc>,
+) -> Result<Option<u64>, EtcdError> {
+    let mut samples = 0;
     for batch in gpus.chunks(OPS_PER_TXN / 2) {
         let ops: Vec<TxnOp> = batch
             .iter()
@@ -155,14 +185,14 @@ pub(super) async fn oldest(
                 continue;
             };
             if d.prev_kvs().is_empty() {
-                expired.samples += d.deleted().max(0) as u64;
+                samples += d.deleted().max(0) as u64;
             }
             for kv in d.prev_kvs() {
-                expired.samples += telemetry::store::chunk::count(kv.value()).unwrap_or(0);
+                samples += telemetry::store::chunk::count(kv.value()).unwrap_or(0);
             }
         }
     }
-    Ok(Some(expired))
+    Ok(Some(samples))
 }
 
 /// The window end a chunk key under `chunk_prefix` names.

@@ -50,7 +50,6 @@ pub(super) struct Folder<'a> {
     pub(super) windows: Windows,
     /// Windows ending at or before this (Unix ns) are closed by the clock.
     pub(super) closed_before: i64,
-    pub(super) lease: i64,
     /// Each GPU's newest raw revision at the previous pass: a GPU that has not moved since is
     /// quiet, and its closed windows are folded even if no later sample came.
     pub(super) quiet: &'a mut HashMap<String, i64>,
@@ -152,7 +151,6 @@ impl Folder<'_> {
                 return Ok(None);
             }
         };
-        let lease = Some(PutOptions::new().with_lease(self.lease));
         let mut compares = self.fence.to_vec();
         compares.push(
             Compare::mod_revision(from.as_str(), CompareOp::Less, revision + 1)
@@ -164,12 +162,12 @@ impl Folder<'_> {
             chunk_revision,
         ));
         let ops = [
-            TxnOp::put(chunk_key.as_str(), bytes, lease.clone()),
+            TxnOp::put(chunk_key.as_str(), bytes, None::<PutOptions>),
             TxnOp::delete(
                 from.as_str(),
                 Some(etcd_client::DeleteOptions::new().with_range(to.as_str())),
             ),
-            TxnOp::put(self.keys.folded(end), Vec::new(), lease),
+            TxnOp::put(self.keys.folded(end), Vec::new(), None::<PutOptions>),
         ];
         let resp = self
             .client

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::fold::{Folded, Folder};
 use super::history::History;
 use super::members::{self, MemberStatus, Members};
-use super::{expire, policy, Leadership, Windows};
+use super::{expire, policy, retention, Leadership, Windows};
 use crate::Shared;
 
 /// The same member is defragmented at most this often, unless its file nears the quota.
@@ -34,6 +34,7 @@ pub(super) struct Maintainer {
     last_defrag: HashMap<u64, Instant>,
     /// Each GPU's newest raw revision at the last fold pass (see `fold::Folder::quiet`).
     quiet: HashMap<String, i64>,
+    last_sweep: Option<Instant>,
     status: StorageStatus,
 }
 
@@ -69,6 +70,7 @@ impl Maintainer {
             last_compaction: None,
             last_defrag: HashMap::new(),
             quiet: HashMap::new(),
+            last_sweep: None,
             status,
             shared,
             leader,
@@ -167,6 +169,7 @@ impl Maintainer {
                 self.compact(rev, "STORAGE_HISTORY").await?;
             }
         }
+        self.sweep().await?;
         if folding && folded.is_none() {
             folded = Some(self.fold().await?);
         }
@@ -277,6 +280,45 @@ impl Maintainer {
         Ok(())
     }
 
+    /// Deletes what retention no longer keeps, once per [`retention::every`].
+    async fn sweep(&mut self) -> Result<(), Stop> {
+        let cfg = &self.shared.cfg;
+        let due = self
+            .last_sweep
+            .is_none_or(|t| t.elapsed() >= retention::every(cfg.retention));
+        if !due || matches!(self.leader, Leadership::Emergency) {
+            return Ok(());
+        }
+        let fence = self.leader.fence();
+        let (keys, client) = (&self.shared.keys, &self.shared.client);
+        let kept = (cfg.retention, cfg.message_state_ttl);
+        let published = self.status.retention_cutoff_unix_nano;
+        let Some(done) = retention::sweep(client, keys, &fence, kept, published).await? else {
+            return Err(Stop::Deposed);
+        };
+        self.last_sweep = Some(Instant::now());
+        self.shared.cutoff.learn(done.cutoff);
+        self.status.retention_cutoff_unix_nano = done.cutoff;
+        if done.samples > 0 {
+            self.status.samples_expired_retention += done.samples;
+            ::metrics::counter!("samples_expired", "reason" => "retention").increment(done.samples);
+            tracing::info!(
+                samples = done.samples,
+                before = %telemetry::record::format_timestamp(done.cutoff),
+                "expired samples older than TELEMETRY_RETENTION"
+            );
+        }
+        if done.gpus_forgotten + done.invalid + done.states > 0 {
+            tracing::debug!(
+                gpus = done.gpus_forgotten,
+                invalid = done.invalid,
+                states = done.states,
+                "expired registry entries, invalid entries and message states"
+            );
+        }
+        Ok(())
+    }
+
     /// Folds closed windows for at most [`FOLD_FOR`].
     async fn fold(&mut self) -> Result<Folded, Stop> {
         if matches!(self.leader, Leadership::Emergency) {
@@ -284,7 +326,6 @@ impl Maintainer {
         }
         let cfg = &self.shared.cfg.storage;
         let after = i64::try_from(cfg.fold_after.as_nanos()).unwrap_or(i64::MAX);
-        let lease = self.shared.committer.retention().current().await?;
         let fence = self.leader.fence();
         let mut folder = Folder {
             client: &self.shared.client,
@@ -292,7 +333,6 @@ impl Maintainer {
             fence: &fence,
             windows: Windows::new(cfg.fold_window),
             closed_before: telemetry::record::now_nanos().saturating_sub(after),
-            lease,
             quiet: &mut self.quiet,
         };
         let done = folder.pass(Instant::now() + FOLD_FOR).await?;

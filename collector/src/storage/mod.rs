@@ -14,9 +14,43 @@ mod history;
 mod maintainer;
 mod members;
 mod policy;
+mod retention;
 mod window;
 
 pub use window::Windows;
+
+/// The retention cutoff every worker refuses samples below (Unix ns; `i64::MIN` until the
+/// maintainer has published one): what the maintainer deletes must not come back with a
+/// replay (`retention`).
+#[derive(Debug)]
+pub struct Cutoff(std::sync::atomic::AtomicI64);
+
+impl Default for Cutoff {
+    fn default() -> Self {
+        Self(std::sync::atomic::AtomicI64::new(i64::MIN))
+    }
+}
+
+impl Cutoff {
+    /// Learns a published cutoff (0: none yet).
+    pub fn learn(&self, cutoff: i64) {
+        if cutoff != 0 {
+            self.0.store(cutoff, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Why a sample at `ts` (Unix ns) is refused, if it is.
+    pub fn refuses(&self, ts: i64) -> Option<String> {
+        let cutoff = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        (ts < cutoff).then(|| {
+            format!(
+                "timestamp {} is older than the retention cutoff {} (TELEMETRY_RETENTION before the newest stored sample)",
+                telemetry::record::format_timestamp(ts),
+                telemetry::record::format_timestamp(cutoff)
+            )
+        })
+    }
+}
 
 use std::sync::Arc;
 use std::time::Duration;

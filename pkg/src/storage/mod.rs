@@ -59,6 +59,15 @@ pub struct StorageStatus {
     pub compacted_revision: i64,
     /// Samples expired to keep under the budget, since this maintainer was elected.
     pub samples_expired_budget: u64,
+    /// Samples deleted for being older than `TELEMETRY_RETENTION`, since this maintainer was
+    /// elected.
+    #[serde(default)]
+    pub samples_expired_retention: u64,
+    /// Samples older than this (Unix ns) are deleted, and refused by every collector (0: none
+    /// yet). `TELEMETRY_RETENTION` before the newest stored sample, or before now if that is
+    /// earlier (docs/storage.md).
+    #[serde(default)]
+    pub retention_cutoff_unix_nano: i64,
     /// Raw samples folded into chunks, since this maintainer was elected.
     #[serde(default)]
     pub samples_folded: u64,

@@ -9,7 +9,8 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    published, read, Pressure, Reading, DEFAULT_BUDGET_FRACTION, DEFAULT_QUOTA_BYTES, SLOW_AT,
+    published, read, Pressure, Reading, StorageStatus, DEFAULT_BUDGET_FRACTION,
+    DEFAULT_QUOTA_BYTES, SLOW_AT,
 };
 use crate::admin::Readiness;
 use crate::keys::Keys;
@@ -76,6 +77,8 @@ pub struct Tracked {
     pub pressure: watch::Receiver<Pressure>,
     /// The room left for queued messages.
     pub room: Arc<Room>,
+    /// What the maintainer last published (`None` until it has).
+    pub status: watch::Receiver<Option<StorageStatus>>,
 }
 
 /// Keeps a [`Pressure`] and a [`Room`] current every `interval` (sooner when a writer runs
@@ -93,9 +96,11 @@ pub fn track(
     let (tx, rx) = watch::channel(Pressure::Ok);
     let room = Arc::new(Room::default());
     room.reset(i64::MAX / 4);
+    let (status_tx, status_rx) = watch::channel(None);
     let tracked = Tracked {
         pressure: rx,
         room: room.clone(),
+        status: status_rx,
     };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
@@ -111,6 +116,9 @@ pub fn track(
             }
             let Ok(r) = read(&client).await else { continue };
             let status = published(&client, &keys).await.ok().flatten();
+            if status.is_some() {
+                status_tx.send_if_modified(|old| std::mem::replace(old, status.clone()) != status);
+            }
             let (budget, quota) = match status {
                 Some(s) if s.budget_bytes > 0 => (s.budget_bytes, s.quota_bytes),
                 _ => {

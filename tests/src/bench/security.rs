@@ -45,14 +45,20 @@ impl Setup {
     fn env_as(&self, user: &str) -> Vec<(&'static str, String)> {
         let mut env = self.etcd_env.clone();
         if let Some(dir) = &self.secrets {
+            let file = |user: &str| {
+                let path = dir.path().join(format!("{user}.password"));
+                path.display().to_string()
+            };
+            // The maintainer's compactions need etcd's root role, and only they get it.
+            if user == "collector" {
+                env.push(("ETCD_MAINTENANCE_USERNAME", "telemetry-maintenance".into()));
+                env.push((
+                    "ETCD_MAINTENANCE_PASSWORD_FILE",
+                    file("telemetry-maintenance"),
+                ));
+            }
             let user = format!("telemetry-{user}");
-            env.push((
-                "ETCD_PASSWORD_FILE",
-                dir.path()
-                    .join(format!("{user}.password"))
-                    .display()
-                    .to_string(),
-            ));
+            env.push(("ETCD_PASSWORD_FILE", file(&user)));
             env.push(("ETCD_USERNAME", user));
         }
         env

@@ -1,12 +1,9 @@
 //! The claim protocol on real etcd: fencing, dedupe, validation and dead letters.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use collector::buckets::BucketLeases;
 use collector::claim::Claims;
 use collector::commit::{Claimed, Committer, FoldedWindows, Outcome};
-use collector::dedupe::ProcessedSet;
 use collector::storage::Windows;
 use etcd_client::GetOptions;
 use pipeline_tests::checks::stored;
@@ -65,13 +62,6 @@ async fn a_collector_whose_lease_expired_cannot_commit() {
     let committer = Committer::new(
         client.clone(),
         keys.clone(),
-        ProcessedSet::DataKeys,
-        Arc::new(BucketLeases::new(
-            client.clone(),
-            keys.clone(),
-            "retention",
-            Duration::from_secs(3600),
-        )),
         FoldedWindows::new(Windows::new(Duration::from_secs(3600))),
         128,
     );
@@ -126,7 +116,6 @@ async fn a_collector_whose_lease_expired_cannot_commit() {
         .unwrap();
     assert_eq!(late, Outcome::Fenced);
     assert_eq!(stored(&client, &keys.data_root()).await, 0);
-    assert_eq!(count(&client, &keys.dedupe("")).await, 0);
     assert_eq!(count(&client, &keys.queue_root()).await, 1);
 
     // B commits the same message: stored once.
@@ -165,23 +154,12 @@ async fn a_collector_whose_lease_expired_cannot_commit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_csv_sent_twice_is_stored_once() {
-    let markers = same_csv_twice("twice", |_| {}).await;
-    assert_eq!(markers, 0, "the data keys are the processed set");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_retention_shorter_than_the_dedupe_window_markers_remember_the_hashes() {
-    let markers = same_csv_twice("markers", |c| {
-        c.retention = Duration::from_secs(3600);
-        c.dedupe_window = Duration::from_secs(86_400);
-    })
-    .await;
-    assert_eq!(markers, 2470, "one marker per stored record");
+    same_csv_twice("twice", |_| {}).await;
 }
 
 /// Streams the real CSV twice through one collector; checks it is stored once and that every
-/// second row counts as a duplicate; returns how many dedupe markers exist.
-async fn same_csv_twice(name: &str, tweak: impl FnOnce(&mut collector::Config)) -> i64 {
+/// second row counts as a duplicate, and that no data key has a lease (retention deletes).
+async fn same_csv_twice(name: &str, tweak: impl FnOnce(&mut collector::Config)) {
     init_tracing();
     let etcd = EtcdCluster::single().await;
     let client = etcd.client().await;
@@ -236,9 +214,9 @@ async fn same_csv_twice(name: &str, tweak: impl FnOnce(&mut collector::Config)) 
             key.ends_with(&format!("_{}", idempotency_key(&r))),
             "{key} ends with its content's SHA-256"
         );
+        assert_eq!(kv.lease(), 0, "{key} is under no lease");
     }
     collector.shutdown().await.unwrap();
-    count(&client, &keys.dedupe("")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,7 @@ mod openapi;
 mod pipeline;
 mod readme;
 mod readme_stop;
+mod retention;
 mod rules;
 mod secure_etcd;
 mod storage;

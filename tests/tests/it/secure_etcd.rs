@@ -56,9 +56,7 @@ impl Secure {
             .cmd("collector", None)
             .env("ETCD_CERT_FILE", &tls.root.cert)
             .env("ETCD_KEY_FILE", &tls.root.key)
-            // The collector's prefix role alone, to show that it is enough (the real CSV is
-            // small enough for etcd's per-lease permission check; docs/security.md).
-            .args(["etcd-auth", "--strict-collector", "--secrets-dir"])
+            .args(["etcd-auth", "--secrets-dir"])
             .arg(s.secrets.path())
             .output()
             .unwrap();
@@ -68,6 +66,14 @@ impl Secure {
             "etcd-auth failed: {stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // Least privilege: each process's user has its own prefix role and nothing more (the
+        // collector's leases hold no data, so it needs no root role; docs/security.md).
+        let mut root = s.etcd.client().await;
+        for role in ["streamer", "collector", "gateway"] {
+            let user = format!("telemetry-{role}");
+            let got = root.user_get(user.as_str()).await.unwrap();
+            assert_eq!(got.roles(), std::slice::from_ref(&user), "{user}'s roles");
+        }
         s
     }
 

@@ -1,5 +1,9 @@
-//! Time-bucket leases: everything written in one bucket of time shares one lease, so that a
-//! million dedupe markers or stored records expire with one lease, not a million.
+//! Time-bucket leases for resolved alerts and undelivered webhook events: everything written
+//! in one bucket of time shares one lease, so they expire with a few leases.
+//!
+//! Only these few keys: etcd checks every key on a lease at each put with it, for any user
+//! without its root role, so stored telemetry is expired by deletion instead
+//! (`storage::retention`, docs/security.md).
 //!
 //! The lease of a bucket is recorded at `{prefix}/leases/{kind}/{bucket}` (itself under that
 //! lease), created with a put-if-absent Txn, so all collectors share it instead of each
@@ -14,7 +18,7 @@ use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpRespo
 use telemetry::etcd::{Context, EtcdError};
 use telemetry::keys::Keys;
 
-pub struct BucketLeases {
+pub(super) struct BucketLeases {
     client: Client,
     keys: Keys,
     kind: &'static str,
@@ -26,7 +30,7 @@ pub struct BucketLeases {
 impl BucketLeases {
     /// Leases for items that must live at least `keep`; buckets are `keep / 24` wide (at
     /// least a minute), so an item lives between `keep` and `keep + keep/24`.
-    pub fn new(client: Client, keys: Keys, kind: &'static str, keep: Duration) -> Self {
+    pub(super) fn new(client: Client, keys: Keys, kind: &'static str, keep: Duration) -> Self {
         let keep_secs = keep.as_secs().max(1) as i64;
         let width_secs = (keep_secs / 24).max(60);
         Self {
@@ -44,7 +48,7 @@ impl BucketLeases {
     }
 
     /// The lease to attach to an item written now.
-    pub async fn current(&self) -> Result<i64, EtcdError> {
+    pub(super) async fn current(&self) -> Result<i64, EtcdError> {
         let bucket = self.bucket_now();
         if let Some(&id) = self.cache.lock().unwrap().get(&bucket) {
             return Ok(id);
@@ -54,11 +58,6 @@ impl BucketLeases {
         cache.retain(|b, _| *b >= bucket - 1);
         cache.insert(bucket, id);
         Ok(id)
-    }
-
-    /// Forgets cached leases, after etcd said one no longer exists.
-    pub fn invalidate(&self) {
-        self.cache.lock().unwrap().clear();
     }
 
     async fn get_or_create(&self, bucket: i64) -> Result<i64, EtcdError> {
