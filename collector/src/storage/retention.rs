@@ -84,7 +84,13 @@ pub(super) async fn sweep(
                 return Ok(None);
             };
             swept.samples = n;
-            if !delete_below(client, fence, &keys.folded_root(), &key_time(before)).await? {
+            // The fold markers of the windows whose chunks went.
+            let folded = keys.folded_root();
+            let until = telemetry::keys::key_time_of(before);
+            if delete_counted(client, fence, &folded, &until)
+                .await?
+                .is_none()
+            {
                 return Ok(None);
             }
         }
@@ -122,10 +128,6 @@ fn gone_by(extent: &Option<Span>, cutoff: DateTime<Utc>) -> bool {
     }
 }
 
-fn key_time(t: DateTime<Utc>) -> String {
-    telemetry::keys::key_time_of(t)
-}
-
 /// Deletes the keys under `root` that sort before `root` + `below`, under `fence`; `None`
 /// when the fence no longer holds, else how many.
 async fn delete_counted(
@@ -155,15 +157,6 @@ async fn delete_counted(
             })
             .sum(),
     ))
-}
-
-async fn delete_below(
-    client: &Client,
-    fence: &[Compare],
-    root: &str,
-    below: &str,
-) -> Result<bool, EtcdError> {
-    Ok(delete_counted(client, fence, root, below).await?.is_some())
 }
 
 /// Deletes the entries under `root`, keyed by ULID, made more than `kept` before `now`.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::procs::{free_port, release_binary, Proc};
+use super::procs::{cpu_seconds, free_port, release_binary, Proc};
 use super::query::{load_with, wrk_with};
 use super::scenarios::{base_env, generate, ingest_with, start_collectors_with};
 use crate::etcd::EtcdTls;
@@ -26,12 +26,25 @@ pub struct Security {
     pub records: u64,
     pub ingest_plain: Vec<f64>,
     pub ingest_secure: Vec<f64>,
-    /// (req/s, p99 ms) per round.
-    pub query_plain: Vec<(f64, f64)>,
-    pub query_secure: Vec<(f64, f64)>,
+    /// Per round: req/s, p99 ms, and CPU per request (µs) of etcd and of the gateway.
+    pub query_plain: Vec<Query>,
+    pub query_secure: Vec<Query>,
     /// Secure etcd, plain gateway (no HTTPS, no token).
-    pub query_etcd_secure: Vec<(f64, f64)>,
+    pub query_etcd_secure: Vec<Query>,
+    /// The query cache on, as by default: with no writes meanwhile, every request is a hit.
+    pub query_plain_cached: Vec<Query>,
+    pub query_secure_cached: Vec<Query>,
     pub query_secs: u64,
+}
+
+/// One query measurement.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct Query {
+    pub rps: f64,
+    pub p99_ms: f64,
+    /// CPU time per request, in µs, over the measurement.
+    pub etcd_cpu_us: f64,
+    pub gateway_cpu_us: f64,
 }
 
 /// How the processes of one configuration reach etcd and serve.
@@ -83,15 +96,17 @@ pub async fn run(quick: bool, rounds: usize) {
                 "[round {round} of {rounds}] {what}: ingest of {} records, then queries",
                 report.records
             );
-            let (ingest, query, etcd_only) =
+            let (ingest, [query, cached, etcd_only]) =
                 one(&pki, &fleet, report.records, secure, report.query_secs).await;
             if secure {
                 report.ingest_secure.push(ingest);
                 report.query_secure.push(query);
-                report.query_etcd_secure.extend(etcd_only);
+                report.query_secure_cached.push(cached);
+                report.query_etcd_secure.push(etcd_only);
             } else {
                 report.ingest_plain.push(ingest);
                 report.query_plain.push(query);
+                report.query_plain_cached.push(cached);
             }
         }
     }
@@ -99,14 +114,15 @@ pub async fn run(quick: bool, rounds: usize) {
     super::write_results("security", &report);
 }
 
-/// One configuration on a fresh etcd: ingest records/s, then (req/s, p99 ms) of queries.
+/// One configuration on a fresh etcd: ingest records/s, then queries with the cache off, on,
+/// and (secure only, else a repeat) off with the gateway itself plain.
 async fn one(
     pki: &TestPki,
     fleet: &Path,
     records: u64,
     secure: bool,
     secs: u64,
-) -> (f64, (f64, f64), Option<(f64, f64)>) {
+) -> (f64, [Query; 3]) {
     let quota = ["--quota-backend-bytes", "8589934592"];
     let (etcd, setup) = if secure {
         let tls = EtcdTls {
@@ -165,26 +181,49 @@ async fn one(
     .await;
     collectors.0.into_iter().for_each(|p| p.stop());
 
-    let query = queries(pki, &setup, secure, secs).await;
+    let etcd_pids = etcd.pids();
+    let serve = |https, cache| Serve {
+        https,
+        cache,
+        etcd_pids: &etcd_pids,
+    };
+    let query = queries(pki, &setup, serve(secure, false), secs).await;
+    let cached = queries(pki, &setup, serve(secure, true), secs).await;
     // Secure: the same queries once more with the gateway itself plain, to tell the cost of
     // etcd's TLS and auth from that of HTTPS and tokens.
     let etcd_only = if secure {
-        Some(queries(pki, &setup, false, secs).await)
+        queries(pki, &setup, serve(false, false), secs).await
     } else {
-        None
+        Query::default()
     };
-    (records as f64 / run.seconds, query, etcd_only)
+    (records as f64 / run.seconds, [query, cached, etcd_only])
 }
 
-/// A gateway on the stored fleet (HTTPS with a read token when `https`): (req/s, p99 ms).
-async fn queries(pki: &TestPki, setup: &Setup, https: bool, secs: u64) -> (f64, f64) {
+/// How the gateway of one query measurement serves.
+struct Serve<'a> {
+    /// HTTPS with a read token.
+    https: bool,
+    /// The query cache at its default size (else off: every request reads etcd).
+    cache: bool,
+    etcd_pids: &'a [u32],
+}
+
+/// A gateway on the stored fleet, served as `serve` says, under wrk.
+async fn queries(pki: &TestPki, setup: &Setup, serve: Serve<'_>, secs: u64) -> Query {
+    let Serve {
+        https,
+        cache,
+        etcd_pids,
+    } = serve;
     let mut env = setup.env_as("gateway");
     let port = free_port();
     env.extend([
         ("GATEWAY_PORT", port.to_string()),
         ("RATE_LIMIT_RPS", "0".to_string()),
-        ("QUERY_CACHE_MB", "0".to_string()),
     ]);
+    if !cache {
+        env.push(("QUERY_CACHE_MB", "0".to_string()));
+    }
     let mut client = reqwest::Client::new();
     let mut token = None;
     let mut base = format!("http://127.0.0.1:{port}");
@@ -237,12 +276,23 @@ async fn queries(pki: &TestPki, setup: &Setup, https: bool, secs: u64) -> (f64, 
     // wrk (C, OpenSSL) when installed, as `make bench` does: a Rust client in this process
     // spends more of the two cores on TLS than the gateway does, which measured the client.
     let header = token.as_ref().map(|t| format!("Authorization: Bearer {t}"));
-    let figures = match wrk_with(&base, &paths, secs, None, header.as_deref()) {
+    let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+    let gateway_pid = [gateway.child.id()];
+    let before = (cpu(etcd_pids), cpu(&gateway_pid));
+    let (rps, p99_ms) = match wrk_with(&base, &paths, secs, None, header.as_deref()) {
         Some(f) => f,
         None => load_with(client, &base, &paths, secs).await,
     };
+    let requests = (rps * secs as f64).max(1.0);
+    let per_request = |now: f64, then: f64| (now - then) * 1e6 / requests;
+    let query = Query {
+        rps,
+        p99_ms,
+        etcd_cpu_us: per_request(cpu(etcd_pids), before.0),
+        gateway_cpu_us: per_request(cpu(&gateway_pid), before.1),
+    };
     gateway.stop();
-    figures
+    query
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -256,32 +306,43 @@ fn table(r: &Security) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let rps = |v: &[(f64, f64)]| v.iter().map(|q| q.0).collect::<Vec<_>>();
-    let p99 = |v: &[(f64, f64)]| v.iter().map(|q| q.1).fold(0.0, f64::max);
+    let rps = |v: &[Query]| v.iter().map(|q| q.rps).collect::<Vec<_>>();
+    let p99 = |v: &[Query]| v.iter().map(|q| q.p99_ms).fold(0.0, f64::max);
+    let us = |v: &[Query], f: fn(&Query) -> f64| mean(&v.iter().map(f).collect::<Vec<_>>());
     let (ip, is) = (mean(&r.ingest_plain), mean(&r.ingest_secure));
     let qp = mean(&rps(&r.query_plain));
-    let query = |name: &str, v: &[(f64, f64)]| {
+    let qc = mean(&rps(&r.query_plain_cached));
+    // A row, with its ratio against `base` (req/s) when it has one.
+    let query = |name: &str, v: &[Query], base: Option<f64>| {
         let q = mean(&rps(v));
+        let ratio = base.map_or(String::new(), |b| format!("**{:.2}×**", q / b));
         format!(
-            "| query: {name} ({}) | {q:.0} req/s, p99 {:.1} ms | **{:.2}×** |\n",
+            "| query: {name} ({}) | {q:.0} req/s, p99 {:.1} ms; CPU per request: etcd {:.0} µs, gateway {:.0} µs | {ratio} |\n",
             list(&rps(v)),
             p99(v),
-            q / qp
+            us(v, |q| q.etcd_cpu_us),
+            us(v, |q| q.gateway_cpu_us),
         )
     };
     format!(
         "| measure (per round in brackets) | figure | against plain (aim ≥ 0.8×) |\n|---|---|---|\n\
          | ingest, 4 collectors, {} records, plain ({}) | {ip:.0} records/s | |\n\
          | ingest, etcd over mutual TLS with auth, a user per process ({}) | {is:.0} records/s | **{:.2}×** |\n\
-         {}{}{}\
-         (queries: one GPU's page of 100, query cache off, 32 keep-alive clients, {} s each)",
+         {}{}{}{}{}\
+         (queries: one GPU's page of 100, 32 keep-alive clients, {} s each; the cache off unless said, so that every request reads etcd)",
         r.records,
         list(&r.ingest_plain),
         list(&r.ingest_secure),
         is / ip,
-        query("plain", &r.query_plain),
-        query("etcd TLS + auth, gateway plain", &r.query_etcd_secure),
-        query("etcd TLS + auth, gateway HTTPS + token", &r.query_secure),
+        query("plain", &r.query_plain, None),
+        query("etcd TLS + auth, gateway plain", &r.query_etcd_secure, Some(qp)),
+        query("etcd TLS + auth, gateway HTTPS + token", &r.query_secure, Some(qp)),
+        query("cache on (the default), plain", &r.query_plain_cached, None),
+        query(
+            "cache on (the default), etcd TLS + auth, gateway HTTPS + token",
+            &r.query_secure_cached,
+            Some(qc)
+        ),
         r.query_secs,
     )
 }
