@@ -70,9 +70,10 @@ export ETCD_ENDPOINTS="127.0.0.1:$etcd_port" ETCD_CA_FILE="$pki/ca.pem"
 ETCD_CERT_FILE=$pki/root.pem ETCD_KEY_FILE=$pki/root-key.pem \
   bin/collector etcd-auth --secrets-dir "$demo/secrets" >"$demo/logs/etcd-auth.log"
 export ETCD_CERT_FILE="$pki/pipeline.pem" ETCD_KEY_FILE="$pki/pipeline-key.pem"
-as() { # user command...
+as() { # user command... (only in a subshell: `as ... &` or `$(as ...)`, since it execs)
   local user=$1; shift
-  ETCD_USERNAME="telemetry-$user" ETCD_PASSWORD_FILE="$demo/secrets/telemetry-$user.password" "$@"
+  # exec, so that `$!` of `as ... &` is the process itself, which cleanup then stops.
+  ETCD_USERNAME="telemetry-$user" ETCD_PASSWORD_FILE="$demo/secrets/telemetry-$user.password" exec "$@"
 }
 token() { as gateway bin/gateway token create --role "$1" --name "demo $1" 2>/dev/null; }
 read_token=$(token read); admin_token=$(token admin); ingest_token=$(token ingest)
