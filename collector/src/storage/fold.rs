@@ -50,6 +50,9 @@ pub(super) struct Folder<'a> {
     pub(super) windows: Windows,
     /// Windows ending at or before this (Unix ns) are closed by the clock.
     pub(super) closed_before: i64,
+    /// Windows ending by this (the published retention cutoff, Unix ns) are left to the next
+    /// sweep, which deletes them: folding them would be wasted.
+    pub(super) expiring_by: i64,
     /// Each GPU's newest raw revision at the previous pass: a GPU that has not moved since is
     /// quiet, and its closed windows are folded even if no later sample came.
     pub(super) quiet: &'a mut HashMap<String, i64>,
@@ -67,7 +70,7 @@ impl Folder<'_> {
                 let moved_on = g.newest >= end;
                 let quiet =
                     self.quiet.insert(gpu.clone(), g.newest_revision) == Some(g.newest_revision);
-                if end > self.closed_before || !(moved_on || quiet) {
+                if end > self.closed_before || !(moved_on || quiet) || end <= self.expiring_by {
                     continue;
                 }
                 if Instant::now() >= deadline {

@@ -333,6 +333,10 @@ impl Maintainer {
             fence: &fence,
             windows: Windows::new(cfg.fold_window),
             closed_before: telemetry::record::now_nanos().saturating_sub(after),
+            expiring_by: match self.status.retention_cutoff_unix_nano {
+                0 => i64::MIN,
+                cutoff => cutoff,
+            },
             quiet: &mut self.quiet,
         };
         let done = folder.pass(Instant::now() + FOLD_FOR).await?;
