@@ -111,7 +111,12 @@ async fn the_fleet_view_shows_the_real_fleet_live_and_a_gpu_chart_gets_its_point
     let eps = etcd.endpoints();
     let prefix = unique_prefix("dashboard");
     let dir = tempfile::tempdir().unwrap();
-    let _collector = Proc::spawn("collector", &mut cmd("collector", &eps, &prefix));
+    // The real CSV (July 2025) beside samples from now: retention counts back from the newest
+    // sample, so it has to reach back to the CSV, or the CSV would expire mid-test.
+    let _collector = Proc::spawn(
+        "collector",
+        cmd("collector", &eps, &prefix).env("TELEMETRY_RETENTION", "3650d"),
+    );
     let (_gw, port) = ready_gateway(&eps, &prefix).await;
     let base = format!("http://127.0.0.1:{port}");
 
