@@ -2,8 +2,8 @@
 //!
 //! Entries are written before the records that mention them are committed, so that every GPU
 //! with stored data is listed. A GPU that stops reporting drops out once retention has deleted
-//! its data (the storage maintainer deletes its entry then, `storage::retention`). `last_seen` is the newest reading this collector has
-//! stored for the GPU, and never goes back. Writes are rationed, since every record names its
+//! its data (the storage maintainer deletes its entry then, `storage::retention`). `last_seen`
+//! is the newest reading this collector has stored for the GPU, and never goes back. Writes are rationed, since every record names its
 //! GPU:
 //! - live data (readings from the last [`REFRESH`]): an entry is rewritten at most once per
 //!   [`REFRESH`] of the wall clock, so `last_seen` trails by at most that;
@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use etcd_client::{Client, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, Txn, TxnOp};
 use telemetry::entries::GpuInfo;
 use telemetry::etcd::{Context, EtcdError};
 use telemetry::keys::Keys;
@@ -210,7 +210,7 @@ impl GpuRegistry {
                 TxnOp::put(
                     self.keys.gpu(&info.hostname, &info.gpu_id),
                     serde_json::to_vec(info).unwrap_or_default(),
-                    None::<PutOptions>,
+                    None,
                 )
             })
             .collect();

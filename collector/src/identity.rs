@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use telemetry::etcd::{Context, EtcdError};
 use telemetry::keys::Keys;
 
@@ -26,7 +26,7 @@ pub struct Verdict {
 async fn first_writer(client: &Client, key: &str, value: &str) -> Result<String, EtcdError> {
     let txn = Txn::new()
         .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(key, value, None::<PutOptions>)])
+        .and_then([TxnOp::put(key, value, None)])
         .or_else([TxnOp::get(key, None)]);
     let resp = client
         .kv_client()
@@ -107,7 +107,7 @@ pub async fn check(
             .and_then(
                 chunk
                     .iter()
-                    .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None::<PutOptions>))
+                    .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None))
                     .collect::<Vec<_>>(),
             );
         let won = client

@@ -188,7 +188,9 @@ async fn process(
             let old = shared.cutoff.refuses(r.timestamp_unix_nano)?;
             // Its entry is kept from now, not from the sample's (long past) time.
             let at = message.created_unix_ms.saturating_mul(1_000_000);
-            r.id = telemetry::record::content_id(at, &r.idempotency_key).unwrap_or(r.id.clone());
+            if let Some(id) = telemetry::record::content_id(at, &r.idempotency_key) {
+                r.id = id;
+            }
             Some(old)
         });
         match refused {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{PutOptions, TxnOp};
+use etcd_client::TxnOp;
 use telemetry::keys::Keys;
 use telemetry::trace::{MessageState, Outcome};
 
@@ -86,7 +86,7 @@ impl States {
         Some(TxnOp::put(
             self.keys.message_state(&msg.message_id),
             serde_json::to_vec(&state).unwrap_or_default(),
-            None::<PutOptions>,
+            None,
         ))
     }
 }

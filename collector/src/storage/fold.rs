@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 use telemetry::etcd::{Context, EtcdError};
 use telemetry::keys::{key_time, Keys};
 use telemetry::proto::TelemetryRecord;
@@ -165,12 +165,12 @@ impl Folder<'_> {
             chunk_revision,
         ));
         let ops = [
-            TxnOp::put(chunk_key.as_str(), bytes, None::<PutOptions>),
+            TxnOp::put(chunk_key.as_str(), bytes, None),
             TxnOp::delete(
                 from.as_str(),
                 Some(etcd_client::DeleteOptions::new().with_range(to.as_str())),
             ),
-            TxnOp::put(self.keys.folded(end), Vec::new(), None::<PutOptions>),
+            TxnOp::put(self.keys.folded(end), Vec::new(), None),
         ];
         let resp = self
             .client

@@ -292,7 +292,7 @@ impl Maintainer {
         let fence = self.leader.fence();
         let (keys, client) = (&self.shared.keys, &self.shared.client);
         let kept = (cfg.retention, cfg.message_state_ttl);
-        let published = self.status.retention_cutoff_unix_nano;
+        let published = self.shared.cutoff.get();
         let Some(done) = retention::sweep(client, keys, &fence, kept, published).await? else {
             return Err(Stop::Deposed);
         };
@@ -333,10 +333,7 @@ impl Maintainer {
             fence: &fence,
             windows: Windows::new(cfg.fold_window),
             closed_before: telemetry::record::now_nanos().saturating_sub(after),
-            expiring_by: match self.status.retention_cutoff_unix_nano {
-                0 => i64::MIN,
-                cutoff => cutoff,
-            },
+            expiring_by: self.shared.cutoff.get(),
             quiet: &mut self.quiet,
         };
         let done = folder.pass(Instant::now() + FOLD_FOR).await?;

@@ -39,9 +39,14 @@ impl Cutoff {
         }
     }
 
+    /// The cutoff last learned; `i64::MIN` for none.
+    pub fn get(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Why a sample at `ts` (Unix ns) is refused, if it is.
     pub fn refuses(&self, ts: i64) -> Option<String> {
-        let cutoff = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        let cutoff = self.get();
         (ts < cutoff).then(|| {
             format!(
                 "timestamp {} is older than the retention cutoff {} (TELEMETRY_RETENTION before the newest stored sample)",

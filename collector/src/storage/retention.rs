@@ -52,8 +52,8 @@ pub(super) fn cutoff(newest: DateTime<Utc>, now: DateTime<Utc>, retention: Durat
 
 /// One sweep under `fence`; `None` when the fence no longer holds. Samples are deleted only
 /// below `published`, the cutoff of the previous sweep, which every collector has had a sweep's
-/// time to learn and refuse below (0: none yet, so nothing is deleted); the new cutoff is
-/// returned for publishing.
+/// time to learn and refuse below (`i64::MIN`: none yet, so nothing is deleted); the new cutoff
+/// is returned for publishing.
 pub(super) async fn sweep(
     client: &Client,
     keys: &Keys,
@@ -67,11 +67,7 @@ pub(super) async fn sweep(
     let now = Utc::now();
     if let Some((oldest, newest)) = expire::overall(&extents) {
         swept.cutoff = cutoff(newest, now, retention);
-        let below = if published == 0 {
-            i64::MIN
-        } else {
-            published.min(swept.cutoff)
-        };
+        let below = published.min(swept.cutoff);
         let before = DateTime::from_timestamp_nanos(below);
         if oldest < before {
             let old: Vec<String> = gpus
@@ -95,7 +91,7 @@ pub(super) async fn sweep(
             }
         }
         for (gpu, extent) in gpus.iter().zip(&extents) {
-            if published == 0 || !gone_by(extent, before) {
+            if below == i64::MIN || !gone_by(extent, before) {
                 continue;
             }
             match forget(client, keys, fence, gpu, below).await? {

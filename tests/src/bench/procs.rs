@@ -73,6 +73,11 @@ fn status_mb(pid: u32, field: &str) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// [`cpu_seconds`] summed over several processes.
+pub fn cpu_seconds_of(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| cpu_seconds(*p)).sum()
+}
+
 /// User plus system CPU time a live process has used so far, in seconds.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

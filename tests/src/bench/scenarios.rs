@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use super::procs::{counter_sum, cpu_seconds, free_port, Proc};
+use super::procs::{counter_sum, cpu_seconds_of, free_port, Proc};
 use super::{etcd_disk, quantile, Ingest, Latency};
 use crate::EtcdCluster;
 
@@ -89,7 +89,6 @@ pub async fn ingest_with(
 ) -> Ingest {
     let endpoints = &etcd.all_endpoints();
     let ports = &collectors.1;
-    let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
     let collector_pids: Vec<u32> = collectors.0.iter().map(|p| p.child.id()).collect();
     // Wait until every collector serves its metrics (it has connected and registered).
     for _ in 0..200 {
@@ -110,7 +109,10 @@ pub async fn ingest_with(
     let before = counter_sum(ports, "messages_processed").await
         + counter_sum(ports, "messages_duplicated").await;
     let sent_before = etcd_disk::grpc_sent_bytes(&endpoints[0]).await;
-    let (etcd_cpu, collector_cpu) = (cpu(&etcd.pids()), cpu(&collector_pids));
+    let (etcd_cpu, collector_cpu) = (
+        cpu_seconds_of(&etcd.pids()),
+        cpu_seconds_of(&collector_pids),
+    );
     let started = Instant::now();
     let mut env = base_env(endpoints, prefix);
     env.push(("ADMIN_LISTEN", String::new()));
@@ -140,8 +142,8 @@ pub async fn ingest_with(
         );
     }
     let seconds = started.elapsed().as_secs_f64();
-    let etcd_cpu = cpu(&etcd.pids()) - etcd_cpu;
-    let collector_cpu = cpu(&collector_pids) - collector_cpu;
+    let etcd_cpu = cpu_seconds_of(&etcd.pids()) - etcd_cpu;
+    let collector_cpu = cpu_seconds_of(&collector_pids) - collector_cpu;
     let sent = etcd_disk::grpc_sent_bytes(&endpoints[0]).await - sent_before;
     if let Some(s) = streamer {
         let _ = s.child.wait_with_output();

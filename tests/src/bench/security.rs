@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::procs::{cpu_seconds, free_port, release_binary, Proc};
+use super::procs::{cpu_seconds_of, free_port, release_binary, Proc};
 use super::query::{load_with, wrk_with};
 use super::scenarios::{base_env, generate, ingest_with, start_collectors_with};
 use crate::etcd::EtcdTls;
@@ -115,7 +115,7 @@ pub async fn run(quick: bool, rounds: usize) {
 }
 
 /// One configuration on a fresh etcd: ingest records/s, then queries with the cache off, on,
-/// and (secure only, else a repeat) off with the gateway itself plain.
+/// and (secure only; a default otherwise) off with the gateway itself plain.
 async fn one(
     pki: &TestPki,
     fleet: &Path,
@@ -276,9 +276,8 @@ async fn queries(pki: &TestPki, setup: &Setup, serve: Serve<'_>, secs: u64) -> Q
     // wrk (C, OpenSSL) when installed, as `make bench` does: a Rust client in this process
     // spends more of the two cores on TLS than the gateway does, which measured the client.
     let header = token.as_ref().map(|t| format!("Authorization: Bearer {t}"));
-    let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
     let gateway_pid = [gateway.child.id()];
-    let before = (cpu(etcd_pids), cpu(&gateway_pid));
+    let before = (cpu_seconds_of(etcd_pids), cpu_seconds_of(&gateway_pid));
     let (rps, p99_ms) = match wrk_with(&base, &paths, secs, None, header.as_deref()) {
         Some(f) => f,
         None => load_with(client, &base, &paths, secs).await,
@@ -288,8 +287,8 @@ async fn queries(pki: &TestPki, setup: &Setup, serve: Serve<'_>, secs: u64) -> Q
     let query = Query {
         rps,
         p99_ms,
-        etcd_cpu_us: per_request(cpu(etcd_pids), before.0),
-        gateway_cpu_us: per_request(cpu(&gateway_pid), before.1),
+        etcd_cpu_us: per_request(cpu_seconds_of(etcd_pids), before.0),
+        gateway_cpu_us: per_request(cpu_seconds_of(&gateway_pid), before.1),
     };
     gateway.stop();
     query
