@@ -54,6 +54,13 @@ pub struct Folding {
     pub db_size_at_rest_bytes: i64,
     pub db_in_use_at_rest_bytes: i64,
     pub prometheus_block_bytes: Option<u64>,
+    /// Message states under `trace/` when the soak ended (keys, bytes), with
+    /// `MESSAGE_STATE_TTL` at [`SOAK_STATE_TTL`]; deleted before the store is measured at rest.
+    pub message_states_at_end: Option<(u64, u64)>,
+    /// What is left at rest under the soak's prefix, by area (telemetry by tier, the rest by
+    /// first path segment):
+    /// (area, keys, bytes of keys and values).
+    pub at_rest_areas: Vec<(String, u64, u64)>,
     /// Query loads over the folded store, all with the query cache off: (what, req/s, p99 ms).
     pub queries: Vec<(String, f64, f64)>,
 }
@@ -88,9 +95,17 @@ fn fifo(dir: &Path, name: &str) -> PathBuf {
     p
 }
 
+/// How long the soak's collector keeps message states: short, so that the store measured at
+/// rest is the telemetry's (states are a fixed hour of messages by default, whatever the
+/// retention; the soak reports what they held before they went).
+const SOAK_STATE_TTL: &str = "1m";
+
 fn collector(eps: &[String], prefix: &str, fold: bool, quota: u64) -> (Proc, u16) {
     let port = free_port();
     let mut env = base_env(eps, prefix);
+    if prefix == "/soak" {
+        env.push(("MESSAGE_STATE_TTL", SOAK_STATE_TTL.to_string()));
+    }
     env.push(("ADMIN_LISTEN", format!("127.0.0.1:{port}")));
     env.push(("STORAGE_FOLD", fold.to_string()));
     env.push(("STORAGE_FOLD_WINDOW", WINDOW.to_string()));
@@ -257,6 +272,21 @@ async fn soak(dir: &Path, steps: usize, f: &mut Folding) {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // Message states of the last minute of the soak, then none once the maintainer's sweep
+    // has deleted them past their TTL.
+    let states = "/soak/trace/";
+    let mut held = (0, 0);
+    scan(&client, states, |_, bytes| {
+        held = (held.0 + 1, held.1 + bytes)
+    })
+    .await;
+    f.message_states_at_end = Some(held);
+    for _ in 0..600 {
+        if crate::services::count(&client, states).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     f.samples_expired_budget = counter_sum(&[port], "samples_expired").await as u64;
     f.samples_folded = counter_sum(&[port], "samples_folded").await as u64;
     f.chunks_written = counter_sum(&[port], "chunks_written").await as u64;
@@ -276,6 +306,53 @@ async fn soak(dir: &Path, steps: usize, f: &mut Folding) {
     let st = c.status().await.expect("status");
     f.db_size_at_rest_bytes = st.db_size();
     f.db_in_use_at_rest_bytes = st.raft_used_db_size();
+    f.at_rest_areas = areas(&client, "/soak/").await;
+    query_loads(&eps, "/soak", &mut f.queries).await;
+    coll.stop();
+}
+
+/// Keys and their bytes under `prefix`, telemetry by tier and the rest by first path segment,
+/// so that the bytes per sample at rest can be told apart from what else the pipeline keeps.
+async fn areas(client: &etcd_client::Client, prefix: &str) -> Vec<(String, u64, u64)> {
+    let mut by_area = std::collections::BTreeMap::<String, (u64, u64)>::new();
+    scan(client, prefix, |key, bytes| {
+        let depth = if key.starts_with("telemetry/") { 2 } else { 1 };
+        let area: Vec<&str> = key.splitn(depth + 1, '/').take(depth).collect();
+        let e = by_area.entry(area.join("/")).or_default();
+        e.0 += 1;
+        e.1 += bytes;
+    })
+    .await;
+    by_area.into_iter().map(|(a, (k, b))| (a, k, b)).collect()
+}
+
+/// Calls `each` with every key under `prefix` (without the prefix) and its key and value bytes.
+async fn scan(client: &etcd_client::Client, prefix: &str, mut each: impl FnMut(&str, u64)) {
+    let end = telemetry::keys::prefix_end(prefix);
+    let mut from = prefix.as_bytes().to_vec();
+    loop {
+        let opts = etcd_client::GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(1000);
+        let resp = client
+            .kv_client()
+            .get(from.clone(), Some(opts))
+            .await
+            .expect("read the store");
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(&kv.key()[prefix.len()..]);
+            each(&key, (kv.key().len() + kv.value().len()) as u64);
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => from = [last.key(), b"\0"].concat(),
+            _ => break,
+        }
+    }
+}
+
+/// Telemetry queries (limit 100, query cache off) over the folded store at `prefix`: one GPU's
+/// first page with decoded chunks shared and without, and pages spread over every GPU.
+async fn query_loads(eps: &[String], prefix: &str, out: &mut Vec<(String, f64, f64)>) {
     eprintln!("[folding] queries over the folded store, query cache off");
     let loads = [
         (
@@ -298,10 +375,42 @@ async fn soak(dir: &Path, steps: usize, f: &mut Folding) {
         ),
     ];
     for (what, load) in loads {
-        let (_, (rps, p99)) = super::query::load_gateway(&eps, "/soak", 10, &load).await;
-        f.queries.push((what.to_string(), rps, p99));
+        let (_, (rps, p99)) = super::query::load_gateway(eps, prefix, 10, &load).await;
+        eprintln!("[folding]   {what}: {rps:.0} req/s, p99 {p99:.1} ms");
+        out.push((what.to_string(), rps, p99));
     }
+}
+
+/// `bench --folded-queries`: only the query loads, over a store written folded straight into
+/// etcd with the soak's shape (31 hosts × 8 GPUs, a 10 s scrape in 5 m windows, 22.4 hours),
+/// so that a change to the read path is measured in minutes, not after an hour's soak.
+pub async fn queries_only() {
+    let etcd = EtcdCluster::start(1, &["--quota-backend-bytes", &BIG_QUOTA.to_string()]).await;
+    let eps = etcd.all_endpoints();
+    let client = etcd.client().await;
+    let keys = telemetry::keys::Keys::new("/soak");
+    let start = chrono::DateTime::parse_from_rfc3339(START)
+        .expect("START")
+        .timestamp_nanos_opt()
+        .expect("START in range");
+    let started = Instant::now();
+    // 269 windows of 30 scrapes: 8,070 scrapes, the soak's 8,065 rounded up to whole windows.
+    let (samples, chunks) =
+        super::fleet::write_folded(&client, &keys, HOSTS, start, (269, 30)).await;
+    eprintln!(
+        "[folded queries] {samples} samples in {chunks} chunks written in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    // As in the soak, the maintaining collector runs beside the gateway while it is loaded.
+    let (coll, _) = collector(&eps, "/soak", true, QUOTA);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut queries = Vec::new();
+    query_loads(&eps, "/soak", &mut queries).await;
     coll.stop();
+    println!("| load (query cache off, limit 100, 10 s each) | req/s | p99 |\n|---|---|---|");
+    for (what, rps, p99) in queries {
+        println!("| {what} | {rps:.0} | {p99:.1} ms |");
+    }
 }
 
 /// `make bench-folding`.
@@ -419,6 +528,19 @@ fn print(f: &Folding) {
         None => println!(
             "| at rest: bytes per sample | {per_sample:.2} | promtool not installed: no anchor |"
         ),
+    }
+    if let Some((keys, bytes)) = f.message_states_at_end {
+        println!(
+            "| soak: message states at its end (MESSAGE_STATE_TTL={SOAK_STATE_TTL}) | {keys} keys, {:.2} MiB | deleted past their TTL before the figures at rest |",
+            mib(bytes as i64)
+        );
+    }
+    for (area, keys, bytes) in &f.at_rest_areas {
+        println!(
+            "| at rest: {area} | {keys} keys, {:.2} MiB of keys and values | {:.2} B per sample |",
+            mib(*bytes as i64),
+            *bytes as f64 / f.stored_at_end.max(1) as f64
+        );
     }
     for (what, rps, p99) in &f.queries {
         println!("| queries over folded data, query cache off (limit 100): {what} | {rps:.0} req/s, p99 {p99:.1} ms | target 5,000 req/s, p99 20 ms |");

@@ -12,14 +12,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use etcd_client::{Client, Txn, TxnOp};
-use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use telemetry::entries::GpuInfo;
 use telemetry::keys::Keys;
-use telemetry::proto::TelemetryRecord;
 use tokio::time::Instant;
 
+use super::fleet;
 use super::procs::{free_port, Proc};
 use super::quantile;
 use super::scenarios::{base_env, generate, ingest, start_collectors};
@@ -27,19 +24,6 @@ use crate::EtcdCluster;
 
 const ETCD_ARGS: [&str; 2] = ["--quota-backend-bytes", "8589934592"];
 const PREFIX: &str = "/bench";
-const METRICS: [(&str, f64, f64, f64); 10] = [
-    // (name, low, high, step of the walk); integers where DCGM reports integers.
-    ("DCGM_FI_DEV_GPU_TEMP", 30.0, 90.0, 1.0),
-    ("DCGM_FI_DEV_POWER_USAGE", 60.0, 700.0, 7.5),
-    ("DCGM_FI_DEV_GPU_UTIL", 0.0, 100.0, 5.0),
-    ("DCGM_FI_DEV_MEM_COPY_UTIL", 0.0, 100.0, 5.0),
-    ("DCGM_FI_DEV_FB_USED", 0.0, 81_000.0, 512.0),
-    ("DCGM_FI_DEV_FB_FREE", 0.0, 81_000.0, 512.0),
-    ("DCGM_FI_DEV_SM_CLOCK", 345.0, 1980.0, 15.0),
-    ("DCGM_FI_DEV_MEM_CLOCK", 2619.0, 2619.0, 0.0),
-    ("DCGM_FI_DEV_ENC_UTIL", 0.0, 0.0, 0.0),
-    ("DCGM_FI_DEV_DEC_UTIL", 0.0, 0.0, 0.0),
-];
 
 /// What `--insight` measured.
 #[derive(Debug, Default, Serialize)]
@@ -152,108 +136,7 @@ async fn ingest_with_rules(fleet: &Path, report: &Insight, rules: Rules) -> f64 
     report.input_records as f64 / run.seconds
 }
 
-/// A GPU's identity in the generated fleet.
-fn gpu(host: usize, index: usize) -> TelemetryRecord {
-    TelemetryRecord {
-        hostname: format!("bench-host-{host:03}"),
-        gpu_id: index.to_string(),
-        uuid: format!("GPU-bench-{host:03}-{index}"),
-        device: format!("nvidia{index}"),
-        model: "NVIDIA H100 80GB HBM3".into(),
-        ..Default::default()
-    }
-}
-
-/// One GPU's window of samples, in raw-key order (time, then content hash).
-fn window(
-    template: &TelemetryRecord,
-    walk: &mut [f64; 10],
-    rng: &mut rand::rngs::StdRng,
-    start_ns: i64,
-    steps: usize,
-) -> Vec<TelemetryRecord> {
-    let mut out = Vec::with_capacity(steps * METRICS.len());
-    for s in 0..steps {
-        let at = start_ns + s as i64 * 10_000_000_000;
-        let mut instant = Vec::with_capacity(METRICS.len());
-        for (i, (name, low, high, step)) in METRICS.iter().enumerate() {
-            walk[i] =
-                (walk[i] + rng.random_range(-1.0..=1.0_f64).round() * step).clamp(*low, *high);
-            let mut r = TelemetryRecord {
-                metric: name.to_string(),
-                value: walk[i],
-                timestamp_unix_nano: at,
-                ..template.clone()
-            };
-            telemetry::record::assign_identity(&mut r);
-            instant.push(r);
-        }
-        instant.sort_by(|a, b| a.idempotency_key.cmp(&b.idempotency_key));
-        out.extend(instant);
-    }
-    out
-}
-
 const HOUR_NS: i64 = 3_600_000_000_000;
-
-/// Writes a day of folded chunks per GPU, and the GPU registry; returns (samples, chunks).
-async fn write_fleet(client: &Client, keys: &Keys, hosts: usize, day_start: i64) -> (u64, u64) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<TxnOp>>(8);
-    let keys2 = keys.clone();
-    let producer = tokio::task::spawn_blocking(move || {
-        let mut samples = 0u64;
-        let mut chunks = 0u64;
-        let mut ops = Vec::new();
-        for host in 0..hosts {
-            for index in 0..8 {
-                let template = gpu(host, index);
-                let mut rng = rand::rngs::StdRng::seed_from_u64((host * 8 + index) as u64);
-                let mut walk: [f64; 10] =
-                    std::array::from_fn(|i| (METRICS[i].1 + METRICS[i].2) / 2.0);
-                let mut newest = None;
-                for h in 0..24 {
-                    let start = day_start + h * HOUR_NS;
-                    let records = window(&template, &mut walk, &mut rng, start, 360);
-                    samples += records.len() as u64;
-                    let bytes = telemetry::store::chunk::fold(&records).expect("fold");
-                    ops.push(TxnOp::put(
-                        keys2.chunk(&template.hostname, &template.gpu_id, start + HOUR_NS),
-                        bytes,
-                        None,
-                    ));
-                    chunks += 1;
-                    newest = records.last().cloned();
-                }
-                let info = GpuInfo::of(&newest.expect("a day of samples"));
-                ops.push(TxnOp::put(
-                    keys2.gpu(&template.hostname, &template.gpu_id),
-                    serde_json::to_vec(&info).unwrap(),
-                    None,
-                ));
-                if ops.len() >= 100 && tx.blocking_send(std::mem::take(&mut ops)).is_err() {
-                    return (samples, chunks);
-                }
-            }
-        }
-        for h in 0..24 {
-            ops.push(TxnOp::put(
-                keys2.folded(day_start + (h + 1) * HOUR_NS),
-                Vec::new(),
-                None,
-            ));
-        }
-        let _ = tx.blocking_send(ops);
-        (samples, chunks)
-    });
-    while let Some(ops) = rx.recv().await {
-        client
-            .kv_client()
-            .txn(Txn::new().and_then(ops))
-            .await
-            .expect("write chunks");
-    }
-    producer.await.expect("generator")
-}
 
 async fn queries(report: &mut Insight, hosts: usize, requests: usize) {
     let etcd = EtcdCluster::start(1, &ETCD_ARGS).await;
@@ -263,7 +146,7 @@ async fn queries(report: &mut Insight, hosts: usize, requests: usize) {
     let now = chrono::Utc::now().timestamp_nanos_opt().expect("now");
     let day_start = (now - 25 * HOUR_NS).div_euclid(HOUR_NS) * HOUR_NS;
     let started = Instant::now();
-    let (samples, chunks) = write_fleet(&client, &keys, hosts, day_start).await;
+    let (samples, chunks) = fleet::write_folded(&client, &keys, hosts, day_start, (24, 360)).await;
     report.fleet_write_s = started.elapsed().as_secs_f64();
     report.fleet_gpus = hosts * 8;
     report.fleet_samples = samples;
@@ -297,7 +180,7 @@ async fn queries(report: &mut Insight, hosts: usize, requests: usize) {
     let (from, to) = (day(day_start), day(day_start + 24 * HOUR_NS));
     let gpus = hosts * 8;
     let path = |i: usize, metric: Option<&str>| {
-        let g = gpu((i * 7919) % gpus / 8, (i * 7919) % 8);
+        let g = fleet::gpu((i * 7919) % gpus / 8, (i * 7919) % 8);
         let m = metric.map(|m| format!("&metric={m}")).unwrap_or_default();
         format!(
             "{base}/api/v1/gpus/{}/telemetry?step=1m&agg=avg&start_time={from}&end_time={to}{m}",

@@ -7,6 +7,7 @@ pub mod ceiling;
 pub mod codec;
 pub mod dashboard;
 pub mod etcd_disk;
+pub mod fleet;
 pub mod fold;
 pub mod insight;
 pub mod memory;

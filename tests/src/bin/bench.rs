@@ -41,6 +41,10 @@ struct Args {
     /// rest against Prometheus's TSDB, and queries over the folded store.
     #[arg(long)]
     folding: bool,
+    /// Only the query loads of --folding, over a store of the soak's shape written folded
+    /// straight into etcd (minutes instead of the soak's hour).
+    #[arg(long)]
+    folded_queries: bool,
     /// Only the chunk codec: a generated fleet (31 hosts × 8 GPUs × 1,200 steps of 1 s) folded
     /// per GPU, and its series encoded with pco and with Gorilla's encoding.
     #[arg(long)]
@@ -80,6 +84,7 @@ async fn main() {
         soak_samples,
         codecs,
         folding,
+        folded_queries,
         insight,
         security,
         dashboard,
@@ -91,6 +96,10 @@ async fn main() {
     }
     if security {
         pipeline_tests::bench::security::run(quick, rounds).await;
+        return;
+    }
+    if folded_queries {
+        pipeline_tests::bench::fold::queries_only().await;
         return;
     }
     if folding {
