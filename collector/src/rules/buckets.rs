@@ -60,6 +60,12 @@ impl BucketLeases {
         Ok(id)
     }
 
+    /// Forgets `lease` after etcd said it no longer exists; the next [`Self::current`] reads
+    /// the bucket's key again (gone with its lease) and grants a new one.
+    pub(super) fn forget(&self, lease: i64) {
+        self.cache.lock().unwrap().retain(|_, id| *id != lease);
+    }
+
     async fn get_or_create(&self, bucket: i64) -> Result<i64, EtcdError> {
         let key = self.keys.bucket_lease(self.kind, bucket);
         let mut c = self.client.clone();

@@ -55,27 +55,38 @@ pub(super) async fn run(
         if decided.is_empty() && !progress_due {
             continue;
         }
-        let lease = match kept.current().await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot get a lease for resolved alerts; writing them without");
-                0
-            }
+        let mut lease = lease_for_resolved(&kept).await;
+        let units = units(&shared, &publisher, decided, &mut ids);
+        let progress = Write::Put {
+            key: shared.keys.rules_progress(),
+            value: through.to_string().into_bytes(),
+            kept: false,
         };
-        let units = units(&shared, &publisher, decided, lease, &mut ids);
-        let progress = TxnOp::put(shared.keys.rules_progress(), through.to_string(), None);
-        for ops in pack(
+        for writes in pack(
             units,
             shared.cfg.process.queue.max_txn_ops as usize,
             progress,
         ) {
             loop {
-                let txn = Txn::new().when(leader.fence()).and_then(ops.clone());
+                let ops: Vec<TxnOp> = writes.iter().map(|w| w.op(lease)).collect();
+                let txn = Txn::new().when(leader.fence()).and_then(ops);
                 match shared.client.kv_client().txn(txn).await {
                     Ok(r) if r.succeeded() => break,
                     Ok(_) => {
                         tracing::warn!("no longer the leader: leaving rule evaluation to the next");
                         return;
+                    }
+                    Err(e) if lease != 0 && telemetry::etcd::is_not_found(&e) => {
+                        // The bucket's lease is gone (revoked, or etcd restored without it):
+                        // the same writes would fail forever. Take the bucket's new one.
+                        tracing::warn!(
+                            lease,
+                            "the lease for resolved alerts is gone; taking a new one"
+                        );
+                        kept.forget(lease);
+                        let fresh = lease_for_resolved(&kept).await;
+                        // Never the same dead lease twice: then the writes go without one.
+                        lease = if fresh == lease { 0 } else { fresh };
                     }
                     Err(e) => {
                         let wait = backoff.next_delay();
@@ -96,13 +107,49 @@ pub(super) async fn run(
     }
 }
 
+/// The lease resolved alerts and undelivered events are written under; 0 (none) if etcd
+/// cannot give one now, so that they are kept rather than held back.
+async fn lease_for_resolved(kept: &BucketLeases) -> i64 {
+    match kept.current().await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot get a lease for resolved alerts; writing them without");
+            0
+        }
+    }
+}
+
+/// One write of a flush, turned into an operation at each attempt so that a retry can carry a
+/// new lease.
+#[derive(Debug, Clone, PartialEq)]
+enum Write {
+    /// A put; `kept` ones carry the lease of resolved alerts.
+    Put {
+        key: String,
+        value: Vec<u8>,
+        kept: bool,
+    },
+    Delete(String),
+}
+
+impl Write {
+    fn op(&self, lease: i64) -> TxnOp {
+        match self {
+            Write::Put { key, value, kept } => {
+                let opts = (*kept && lease != 0).then(|| PutOptions::new().with_lease(lease));
+                TxnOp::put(key.as_str(), value.clone(), opts)
+            }
+            Write::Delete(key) => TxnOp::delete(key.as_str(), None),
+        }
+    }
+}
+
 /// Groups of operations that must land together: a queue message of derived samples, or one
 /// alert's newest state with the events of every transition it made since the last write.
 fn units(
     shared: &Shared,
     publisher: &Publisher,
     decided: Decided,
-    lease: i64,
     ids: &mut ulid::Generator,
 ) -> Vec<Unit> {
     let mut out = Vec::new();
@@ -114,13 +161,16 @@ fn units(
         let m = publisher.encode(&envelope(records, SCHEMA_VERSION));
         out.push(Unit {
             bytes: m.key.len() + m.value.len(),
-            ops: vec![TxnOp::put(m.key, m.value, None)],
+            writes: vec![Write::Put {
+                key: m.key,
+                value: m.value,
+                kept: false,
+            }],
         });
     }
     let notify = shared.cfg.alert_webhook_url.is_some();
-    let kept = (lease != 0).then(|| PutOptions::new().with_lease(lease));
     // A Txn may not touch a key twice: one op per alert, its last state.
-    let mut by_key: Vec<(String, Unit, Option<TxnOp>)> = Vec::new();
+    let mut by_key: Vec<(String, Unit, Option<Write>)> = Vec::new();
     for (key, change) in decided.changes {
         let at = match by_key.iter().position(|(k, ..)| *k == key) {
             Some(i) => i,
@@ -142,44 +192,49 @@ fn units(
                     let id = ids.generate().unwrap_or_else(|_| ulid::Ulid::new());
                     let event = shared.keys.alert_event(&id.to_string());
                     unit.bytes += event.len() + json.len();
-                    unit.ops.push(TxnOp::put(event, json.clone(), kept.clone()));
+                    unit.writes.push(Write::Put {
+                        key: event,
+                        value: json.clone(),
+                        kept: true,
+                    });
                 }
-                let opts = (alert.state == State::Resolved)
-                    .then(|| kept.clone())
-                    .flatten();
-                TxnOp::put(key, json, opts)
+                Write::Put {
+                    kept: alert.state == State::Resolved,
+                    key,
+                    value: json,
+                }
             }
-            Change::Clear(_) => TxnOp::delete(key, None),
+            Change::Clear(_) => Write::Delete(key),
         });
     }
     out.extend(by_key.into_iter().map(|(_, mut unit, last)| {
-        unit.ops.extend(last);
+        unit.writes.extend(last);
         unit
     }));
     out
 }
 
-/// Operations that land in one Txn, and roughly what they weigh.
+/// Writes that land in one Txn, and roughly what they weigh.
 #[derive(Default)]
 struct Unit {
-    ops: Vec<TxnOp>,
+    writes: Vec<Write>,
     bytes: usize,
 }
 
 /// Packs units into Txns within etcd's op and byte limits; the last Txn also records progress.
-fn pack(units: Vec<Unit>, max_ops: usize, progress: TxnOp) -> Vec<Vec<TxnOp>> {
-    let mut txns: Vec<Vec<TxnOp>> = vec![Vec::new()];
+fn pack(units: Vec<Unit>, max_ops: usize, progress: Write) -> Vec<Vec<Write>> {
+    let mut txns: Vec<Vec<Write>> = vec![Vec::new()];
     let mut bytes = 0;
     for unit in units {
         let current = txns.last().expect("never empty");
         if !current.is_empty()
-            && (current.len() + unit.ops.len() >= max_ops || bytes + unit.bytes > MAX_TXN_BYTES)
+            && (current.len() + unit.writes.len() >= max_ops || bytes + unit.bytes > MAX_TXN_BYTES)
         {
             txns.push(Vec::new());
             bytes = 0;
         }
         bytes += unit.bytes;
-        txns.last_mut().expect("never empty").extend(unit.ops);
+        txns.last_mut().expect("never empty").extend(unit.writes);
     }
     txns.last_mut().expect("never empty").push(progress);
     txns

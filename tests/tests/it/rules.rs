@@ -1,13 +1,15 @@
 //! Derived metrics and alerts (issue 16) with the real binaries over real etcd: a chain of
 //! derived metrics computed from the real CSV, a cycle refused, and an alert that goes
 //! pending, firing and resolved on a temperature ramp while the collector that evaluated it is
-//! killed, heard exactly once per transition by a webhook and by a WebSocket client.
+//! killed, heard exactly once per transition by a webhook and by a WebSocket client, and kept
+//! under a new lease when the one for resolved alerts was revoked.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use etcd_client::GetOptions;
 use futures::StreamExt;
 use pipeline_tests::checks::csv_records;
 use pipeline_tests::process::{free_port, Proc};
@@ -234,12 +236,50 @@ async fn an_alert_goes_pending_firing_resolved_across_a_sigkill_and_is_heard_onc
     );
     assert_eq!(maintainer(&base).await.as_deref(), Some("second"));
 
+    // The lease resolved alerts are kept under is revoked from outside (as a restore without
+    // it would): the next flush takes a new one instead of retrying the dead one forever.
+    let client = etcd.client().await;
+    let bucket = client
+        .kv_client()
+        .get(
+            format!("{prefix}/leases/alerts/"),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let revoked: Vec<i64> = bucket
+        .kvs()
+        .iter()
+        .map(|kv| kv.value_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(!revoked.is_empty(), "the firing flush took a bucket lease");
+    for id in &revoked {
+        client.lease_client().revoke(*id).await.unwrap();
+    }
+
     stream(&etcd, &prefix, &ramp(dir.path(), "3.csv", &[(200, 70.0)])).await;
     let resolved = wait_until(Duration::from_secs(30), || async {
         alert_state(&base).await.as_deref() == Some("resolved")
     })
     .await;
     assert!(resolved, "not resolved:\n{}", second.stderr());
+    let stored = client
+        .kv_client()
+        .get(format!("{prefix}/alerts/state/gpu_hot/ramp-host/0"), None)
+        .await
+        .unwrap();
+    let lease = stored.kvs()[0].lease();
+    assert!(
+        lease != 0 && !revoked.contains(&lease),
+        "kept under a new lease"
+    );
+    let ttl = client
+        .lease_client()
+        .time_to_live(lease, None)
+        .await
+        .unwrap()
+        .ttl();
+    assert!(ttl > 0, "the new lease is alive ({ttl})");
     let (_, listed) = get(&format!("{base}/api/v1/alerts?state=resolved"))
         .await
         .unwrap();
