@@ -192,12 +192,7 @@ async fn a_client_that_never_reads_is_cut_off_without_delaying_others() {
     publish_passes(&etcd, &prefix, 4).await;
     let (read, why) = reading.await.unwrap();
     if read.len() != 247 * 4 {
-        let metrics = reqwest::get(format!("{base}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = metrics_text(&base).await;
         let ws_lines: Vec<_> = metrics.lines().filter(|l| l.starts_with("ws_")).collect();
         panic!(
             "the normal client got {} of {} frames ({why}); gateway: {ws_lines:?}",
@@ -227,12 +222,7 @@ async fn a_client_that_never_reads_is_cut_off_without_delaying_others() {
     if let Some(code) = close_code {
         assert_eq!(code, 1008, "policy close");
     }
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&base).await;
     assert!(metrics.contains("ws_closed_slow"), "the cut-off is counted");
     collector.shutdown().await.unwrap();
     gw.shutdown().await.unwrap();
@@ -284,6 +274,16 @@ async fn a_client_past_ws_max_dropped_is_closed_before_any_ping_would_notice() {
     }
     collector.shutdown().await.unwrap();
     gw.shutdown().await.unwrap();
+}
+
+/// The gateway's `/metrics` page.
+async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// Publishes the real CSV `passes` times, each pass stamped with the time it is published, so
