@@ -238,6 +238,13 @@ async fn an_alert_goes_pending_firing_resolved_across_a_sigkill_and_is_heard_onc
 
     // The lease resolved alerts are kept under is revoked from outside (as a restore without
     // it would): the next flush takes a new one instead of retrying the dead one forever.
+    // Undelivered webhook events share that lease and would go with it: first let the firing
+    // one be delivered.
+    let fired_heard = wait_until(Duration::from_secs(30), || async {
+        !heard.lock().unwrap().is_empty()
+    })
+    .await;
+    assert!(fired_heard, "the webhook heard nothing of the firing");
     let client = etcd.client().await;
     let bucket = client
         .kv_client()
