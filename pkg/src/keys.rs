@@ -152,6 +152,14 @@ impl Keys {
         let end = data_key.len() - rest.len() + gpu_end + 1;
         Some(&data_key[..end])
     }
+    /// The host and index a GPU prefix from [`data_gpu`](Self::data_gpu) names, if it is one.
+    pub fn place_of_data_gpu<'a>(&self, data_gpu: &'a str) -> Option<(&'a str, &'a str)> {
+        data_gpu
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(DATA)?
+            .strip_suffix('/')?
+            .split_once('/')
+    }
     /// `/telemetry/data/{hostname}/{gpu_id}/{timestamp}_{id}`, the contract's layout, with the
     /// record's idempotency key as the id: the key is then a function of the content alone.
     pub fn data(&self, hostname: &str, gpu_id: &str, ts_nanos: i64, id: &str) -> String {
@@ -328,6 +336,11 @@ mod tests {
         );
         assert_eq!(k.data_gpu_of("/p/telemetry/data/host-1"), None);
         assert_eq!(k.data_gpu_of("/other/telemetry/data/host/0/x"), None);
+        assert_eq!(
+            k.place_of_data_gpu(&k.data_gpu("host-1", "3")),
+            Some(("host-1", "3"))
+        );
+        assert_eq!(k.place_of_data_gpu("/p/telemetry/data/host-1/"), None);
     }
 
     #[test]

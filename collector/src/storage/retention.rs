@@ -183,10 +183,7 @@ async fn forget(
     let Some(chunks) = keys.chunks_of_data_gpu(data_gpu) else {
         return Ok(Some(false));
     };
-    let Some((host, gpu)) = data_gpu
-        .strip_prefix(&keys.data_root())
-        .and_then(|r| r.trim_end_matches('/').split_once('/'))
-    else {
+    let Some((host, gpu)) = keys.place_of_data_gpu(data_gpu) else {
         return Ok(Some(false));
     };
     let entry = keys.gpu(host, gpu);
