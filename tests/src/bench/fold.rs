@@ -100,11 +100,17 @@ fn fifo(dir: &Path, name: &str) -> PathBuf {
 /// retention; the soak reports what they held before they went).
 const SOAK_STATE_TTL: &str = "1m";
 
-fn collector(eps: &[String], prefix: &str, fold: bool, quota: u64) -> (Proc, u16) {
+/// A collector folding or not, on a `quota`; `state_ttl` sets `MESSAGE_STATE_TTL`.
+fn collector(
+    eps: &[String],
+    prefix: &str,
+    (fold, quota): (bool, u64),
+    state_ttl: Option<&str>,
+) -> (Proc, u16) {
     let port = free_port();
     let mut env = base_env(eps, prefix);
-    if prefix == "/soak" {
-        env.push(("MESSAGE_STATE_TTL", SOAK_STATE_TTL.to_string()));
+    if let Some(ttl) = state_ttl {
+        env.push(("MESSAGE_STATE_TTL", ttl.to_string()));
     }
     env.push(("ADMIN_LISTEN", format!("127.0.0.1:{port}")));
     env.push(("STORAGE_FOLD", fold.to_string()));
@@ -123,7 +129,7 @@ async fn ingest(dir: &Path, steps: usize, fold: bool) -> f64 {
     let samples = (HOSTS * GPUS * steps * 10) as u64;
     let etcd = EtcdCluster::start(1, &["--quota-backend-bytes", &BIG_QUOTA.to_string()]).await;
     let eps = etcd.all_endpoints();
-    let (coll, port) = collector(&eps, "/fold", fold, BIG_QUOTA);
+    let (coll, port) = collector(&eps, "/fold", (fold, BIG_QUOTA), None);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let n = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -223,7 +229,7 @@ async fn soak(dir: &Path, steps: usize, f: &mut Folding) {
     let etcd = EtcdCluster::start(1, &["--quota-backend-bytes", &QUOTA.to_string()]).await;
     let eps = etcd.all_endpoints();
     let client = etcd.client().await;
-    let (coll, port) = collector(&eps, "/soak", true, QUOTA);
+    let (coll, port) = collector(&eps, "/soak", (true, QUOTA), Some(SOAK_STATE_TTL));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let pipe = fifo(dir, "soak.csv");
     let mut gen = generate(&pipe, steps);
@@ -402,7 +408,7 @@ pub async fn queries_only() {
         started.elapsed().as_secs_f64()
     );
     // As in the soak, the maintaining collector runs beside the gateway while it is loaded.
-    let (coll, _) = collector(&eps, "/soak", true, QUOTA);
+    let (coll, _) = collector(&eps, "/soak", (true, QUOTA), None);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut queries = Vec::new();
     query_loads(&eps, "/soak", &mut queries).await;
